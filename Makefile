@@ -1,0 +1,39 @@
+# `make demo` and `make test` each do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# The CPU wheel where no CUDA is present, so a CPU machine never downloads CUDA builds.
+TORCH_PIN := torch==2.13.0
+CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
+
+.PHONY: setup demo test lint tiny clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+ifneq ($(CUDA),yes)
+	# A local CPU wheel (offline machines) first, else PyTorch's CPU index.
+	$(BIN)/python -m pip install --quiet --no-index --no-deps $(TORCH_PIN) \
+	  || $(BIN)/python -m pip install --quiet $(TORCH_PIN) --index-url https://download.pytorch.org/whl/cpu
+endif
+	$(BIN)/python -m pip install --quiet -e '.[eval,dev]'
+	touch $(STAMP)
+
+demo: setup
+	HF_HUB_OFFLINE=1 $(BIN)/sftkey-lora inspect recipes/quickstart.yaml --n 2
+
+test: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check sftkey_lora tests
+
+# Rebuild the built-in tiny model (tokenizer + pre-training) from scratch.
+tiny: setup
+	$(BIN)/sftkey-lora build-tiny
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,84 @@
+"""Command line: a thin layer over the Python API; the only place that sets exit codes.
+
+A `UserError` anywhere below becomes one message on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import UserError
+from .recipe import load_recipe
+
+EXIT_USER_ERROR = 2
+
+
+def _recipe_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", type=Path, help="recipe YAML file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a recipe field, e.g. data.limit=100")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sftkey-lora", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    inspect = commands.add_parser("inspect", help="show the tokens each stage trains on")
+    _recipe_args(inspect)
+    inspect.add_argument("--n", type=int, default=3, help="examples to show (default 3)")
+    inspect.add_argument("--json", action="store_true", help="print a JSON list instead")
+
+    tiny = commands.add_parser("build-tiny", help="rebuild the built-in tiny model from scratch")
+    tiny.add_argument("--output", type=Path, default=None,
+                      help="where to write it (default: the package's builtin/tiny)")
+    tiny.add_argument("--steps", type=int, default=3000, help="pre-training steps")
+    tiny.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from .inspection import as_json, as_text, inspect_recipe
+
+    if args.n < 1:
+        raise UserError("--n: must be at least 1")
+    inspection = inspect_recipe(load_recipe(args.recipe, args.overrides))
+    if args.json:
+        print(json.dumps(as_json(inspection, args.n), ensure_ascii=False, indent=1))
+        print(inspection.report.format(), file=sys.stderr)
+        ratio = inspection.median_thinking_answer_ratio()
+        print(f"median thinking/answer token ratio: {ratio:.1f}", file=sys.stderr)
+    else:
+        colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+        print(as_text(inspection, args.n, colour))
+
+
+def cmd_build_tiny(args: argparse.Namespace) -> None:
+    from .loading import BUILTIN_DIR
+    from .tiny_model import build_tiny
+
+    output = args.output or BUILTIN_DIR / "tiny"
+    summary = build_tiny(output, steps=args.steps, seed=args.seed)
+    print(json.dumps({"output": str(output), **summary}))
+
+
+COMMANDS = {"inspect": cmd_inspect, "build-tiny": cmd_build_tiny}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except UserError as err:
+        print(f"sftkey-lora: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

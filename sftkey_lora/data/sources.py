@@ -1,0 +1,162 @@
+"""Data sources: each maps a row of its own schema to an `Example`.
+
+Hub sources read through `datasets.load_dataset`; `data.path` swaps the hub for a local
+file in the same schema. Rows that cannot be used are counted by reason, never dropped
+silently.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ..errors import UserError, first_line
+from ..recipe import DataConfig
+from ..tags import ALL_TAGS
+from .example import BadRow, DataReport, Example
+from .files import Row, read_local_rows
+from .segment import split_gsm8k, split_response
+from .synthetic import synthetic_split
+
+# source name -> (hub dataset id, hub config name)
+HUB_DATASETS: dict[str, tuple[str, str | None]] = {
+    "gsm8k": ("openai/gsm8k", "main"),
+    "openbookqa": ("allenai/openbookqa", "additional"),
+    "openr1_math": ("open-r1/OpenR1-Math-220k", "default"),
+    "cot_collection": ("kaist-ai/CoT-Collection", None),
+}
+
+
+def _field(row: dict[str, Any], name: str) -> str:
+    """A required text field; numbers are accepted as their text, surrounding space removed."""
+    value = row.get(name)
+    if value is None:
+        raise BadRow(f"missing_{name}", f"no `{name}` field")
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise BadRow(f"bad_{name}", f"`{name}` is a {type(value).__name__}, expected text")
+    return str(value).strip()
+
+
+def gsm8k_row(row: dict[str, Any], cfg: DataConfig) -> Example:
+    split = split_gsm8k(_field(row, "answer"))
+    if split is None:
+        raise BadRow("no_answer_marker", "`answer` has no `####`")
+    return Example(_field(row, "question"), split[0], split[1])
+
+
+def openbookqa_row(row: dict[str, Any], cfg: DataConfig) -> Example:
+    stem, key = _field(row, "question_stem"), _field(row, "answerKey")
+    choices = row.get("choices")
+    if not isinstance(choices, dict) or not isinstance(choices.get("text"), list) or not (
+        isinstance(choices.get("label"), list) and len(choices["label"]) == len(choices["text"])
+    ):
+        raise BadRow("bad_choices", "`choices` needs equally long `text` and `label` lists")
+    options = dict(zip(choices["label"], choices["text"]))
+    if key not in options:
+        raise BadRow("bad_answerKey", f"answerKey {key!r} is not one of {list(options)}")
+    prompt = stem + "\n" + "\n".join(f"{label}. {text}" for label, text in options.items())
+    fact = str(row.get("fact1") or "").strip()
+    if fact:
+        fact = fact[0].upper() + fact[1:] + ("" if fact.endswith(".") else ".") + " "
+    thinking = f'{fact}The option that fits is "{options[key]}".'
+    return Example(prompt, thinking, key)
+
+
+def openr1_math_row(row: dict[str, Any], cfg: DataConfig) -> Example:
+    return Example(_field(row, "problem"), _field(row, "solution"), _field(row, "answer"))
+
+
+def cot_collection_row(row: dict[str, Any], cfg: DataConfig) -> Example:
+    return Example(_field(row, "source"), _field(row, "rationale"), _field(row, "target"))
+
+
+def jsonl_row(row: dict[str, Any], cfg: DataConfig) -> Example:
+    """`question` + `thinking` + `answer`, or `question` + a raw `response` to segment."""
+    question = _field(row, "question")
+    if "thinking" in row or "answer" in row or "response" not in row:
+        return Example(question, _field(row, "thinking"), _field(row, "answer"))
+    found = split_response(_field(row, "response"), cfg.segmentation)
+    if found is None:
+        raise BadRow("unsegmented_response", f"no rule of {cfg.segmentation} found an answer")
+    return Example(question, found[0], found[1])
+
+
+ROW_MAPPERS: dict[str, Callable[[dict[str, Any], DataConfig], Example]] = {
+    "jsonl": jsonl_row,
+    "gsm8k": gsm8k_row,
+    "openbookqa": openbookqa_row,
+    "openr1_math": openr1_math_row,
+    "cot_collection": cot_collection_row,
+}
+
+
+def load_examples(cfg: DataConfig, split: str | None = None) -> tuple[list[Example], DataReport]:
+    """All usable examples of a split, and the report of what was read and dropped."""
+    split = split or cfg.split
+    report = DataReport(source=cfg.source, split=split if cfg.path is None else str(cfg.path))
+    if cfg.source == "synthetic":
+        if split not in ("train", "test"):
+            raise UserError(f"data.split: the synthetic source has `train` and `test`, not {split!r}")
+        s = cfg.synthetic
+        examples = synthetic_split(split, s.n_train, s.n_test, s.seed)[: cfg.limit]
+        report.rows_read = report.used = len(examples)
+        return examples, report
+    examples = []
+    for where, row in _rows(cfg, split, report):
+        if cfg.limit is not None and len(examples) >= cfg.limit:
+            break
+        report.rows_read += 1
+        try:
+            example = ROW_MAPPERS[cfg.source](row, cfg)
+            _check_usable(example)
+        except BadRow as bad:
+            report.drop(bad.reason, where, bad.detail)
+            continue
+        row_id = row.get("id")
+        examples.append(Example(example.prompt, example.thinking, example.answer,
+                                str(row_id) if row_id is not None else f"{cfg.source}-{where}"))
+    report.used = len(examples)
+    if not examples:
+        raise UserError(f"data: no usable rows in {report.split}\n{report.format()}")
+    return examples, report
+
+
+def _check_usable(example: Example) -> None:
+    if not example.prompt:
+        raise BadRow("empty_prompt")
+    if not example.answer:
+        raise BadRow("empty_answer")
+    for text in (example.prompt, example.thinking, example.answer):
+        for tag in ALL_TAGS:
+            if tag in text:
+                # Policy: a literal tag inside the text would make the output ambiguous to
+                # parse and to score, so such rows are dropped (and counted).
+                raise BadRow("tag_in_text", f"contains {tag}")
+
+
+def _rows(cfg: DataConfig, split: str, report: DataReport) -> Iterator[Row]:
+    if cfg.path is not None:
+        yield from read_local_rows(cfg.path, report, cfg.skip_bad_rows)
+        return
+    if cfg.source == "jsonl":
+        raise UserError("data.path: the jsonl source needs a file (data.path: my_data.jsonl)")
+    yield from _hub_rows(cfg.source, split)
+
+
+def _hub_rows(source: str, split: str) -> Iterator[Row]:
+    import datasets
+
+    repo, config = HUB_DATASETS[source]
+    try:
+        table = datasets.load_dataset(repo, config, split=split)
+    except Exception as err:  # offline, missing split, unknown repo: all the user's to fix
+        offline = " (HF_HUB_OFFLINE is set, nothing can be downloaded)" if os.environ.get(
+            "HF_HUB_OFFLINE") == "1" else ""
+        raise UserError(
+            f"data.source {source}: cannot load {repo} split {split!r}{offline}: "
+            f"{first_line(err)}. "
+            f"Set data.path to a local JSON/JSONL/Parquet file in the {source} schema."
+        ) from None
+    for index, row in enumerate(table):
+        yield f"row {index}", row

@@ -1,0 +1,81 @@
+from pathlib import Path
+
+import pytest
+
+from sftkey_lora.errors import UserError
+from sftkey_lora.recipe import PAPER_SYSTEM_PROMPT, Recipe, load_recipe
+
+from .conftest import QUICKSTART, ROOT
+
+ALL_RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", ALL_RECIPES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_shipped_recipe_loads(path: Path) -> None:
+    recipe = load_recipe(path)
+    assert recipe.name
+    assert recipe.strategy in ("sft", "sft_tag", "key_tag", "sftkey_tag")
+
+
+def test_defaults_come_from_one_place() -> None:
+    recipe = Recipe()
+    assert recipe.strategy == "sftkey_tag"
+    assert recipe.model.name_or_path == "builtin:tiny"
+    assert recipe.format.system_prompt == PAPER_SYSTEM_PROMPT
+    assert recipe.format.tags == "text"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_overrides_are_parsed_as_yaml_values(tmp_path: Path) -> None:
+    recipe = load_recipe(write(tmp_path, "strategy: sft\n"), [
+        "data.limit=12", "data.skip_bad_rows=true", "data.segmentation=[boxed, last_line]",
+        "format.system_prompt=", "strategy=key_tag",
+    ])
+    assert recipe.data.limit == 12
+    assert recipe.data.skip_bad_rows is True
+    assert recipe.data.segmentation == ["boxed", "last_line"]
+    assert recipe.format.system_prompt == ""
+    assert recipe.strategy == "key_tag"
+    assert recipe.name == "r"  # defaults to the file's stem
+
+
+@pytest.mark.parametrize(("text", "overrides", "expected"), [
+    ("data:\n  sourc: gsm8k\n", [], "`data.sourc`: unknown key"),
+    ("", ["lora.r=8"], "`lora`: unknown key"),
+    ("", ["data.limit=many"], "`data.limit`: Input should be a valid integer"),
+    ("", ["data.limit=0"], "`data.limit`: Input should be greater than 0"),
+    ("", ["data.source=imagenet"], "`data.source`: Input should be"),
+    ("", ["strategy=sftkey"], "`strategy`: Input should be"),
+    ("", ["format.max_length=4"], "`format.max_length`"),
+    ("", ["data.path=/no/such/file.jsonl"], "`data.path`: file not found: /no/such/file.jsonl"),
+    ("", ["data.segmentation=[]"], "`data.segmentation`: give at least one rule"),
+    ("model: [1, 2]\n", [], "`model`: Input should be a valid dictionary"),
+    ("- just\n- a list\n", [], "a recipe is a mapping"),
+    ("data:\n  source: [unclosed\n", [], "line 3 is not valid YAML"),
+    ("", ["data"], "expected dotted.key=value"),
+    ("strategy: sft\n", ["strategy.inner=1"], "strategy is not a section"),
+])
+def test_bad_recipes_name_the_field(tmp_path: Path, text: str, overrides: list[str],
+                                    expected: str) -> None:
+    with pytest.raises(UserError) as err:
+        load_recipe(write(tmp_path, text), overrides)
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_recipe_file_is_named() -> None:
+    with pytest.raises(UserError, match="recipe file not found: nope.yaml"):
+        load_recipe("nope.yaml")
+
+
+def test_cli_exits_2_with_one_line_and_no_traceback(cli, tmp_path: Path) -> None:
+    code, out, err = cli("inspect", str(QUICKSTART), "--set", "data.limt=3")
+    assert code == 2
+    assert out == ""
+    assert err.strip() == f"sftkey-lora: error: {QUICKSTART}: field `data.limt`: unknown key"
+    assert "Traceback" not in err
