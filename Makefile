@@ -26,7 +26,8 @@ demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/sftkey-lora inspect recipes/quickstart.yaml --n 2
 
 test: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+	# pytest exits 5 when it collects no test: not a failure of the code under test.
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest || [ $$? -eq 5 ]
 
 lint: setup
 	$(BIN)/ruff check sftkey_lora tests
