@@ -35,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = commands.add_parser("build-tiny", help="rebuild the built-in tiny model from scratch")
     tiny.add_argument("--output", type=Path, default=None,
                       help="where to write it (default: the package's builtin/tiny)")
-    tiny.add_argument("--steps", type=int, default=3000, help="pre-training steps")
-    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--steps", type=int, help="pre-training steps (default 3000)")
+    tiny.add_argument("--seed", type=int, help="seed of data and initialisation (default 0)")
     return parser
 
 
@@ -61,7 +61,8 @@ def cmd_build_tiny(args: argparse.Namespace) -> None:
     from .tiny_model import build_tiny
 
     output = args.output or BUILTIN_DIR / "tiny"
-    summary = build_tiny(output, steps=args.steps, seed=args.seed)
+    given = {"steps": args.steps, "seed": args.seed}
+    summary = build_tiny(output, **{k: v for k, v in given.items() if v is not None})
     print(json.dumps({"output": str(output), **summary}))
 
 

@@ -95,7 +95,7 @@ def _legend(inspection: Inspection, colour: bool) -> str:
 
 def _token_stream(tokenizer: Any, encoded: Encoded, colour: bool) -> str:
     parts, previous = [], None
-    for token, segment, key in zip(encoded.input_ids, encoded.segments, encoded.in_key):
+    for token, segment, key in zip(encoded.input_ids, encoded.segments, encoded.in_key, strict=True):
         text = tokenizer.decode([token], skip_special_tokens=False,
                                 clean_up_tokenization_spaces=False).replace("\n", "⏎\n")
         if not colour and segment != previous:

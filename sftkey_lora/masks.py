@@ -30,7 +30,7 @@ class Encoded:
 
     def labels(self, kind: LabelKind) -> list[int]:
         mask = self.in_response if kind == "full" else self.in_key
-        return [tok if keep else IGNORE for tok, keep in zip(self.input_ids, mask)]
+        return [tok if keep else IGNORE for tok, keep in zip(self.input_ids, mask, strict=True)]
 
     def count(self, segment: Segment) -> int:
         return sum(1 for s in self.segments if s == segment)

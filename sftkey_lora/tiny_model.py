@@ -9,8 +9,8 @@ rebuilds it; the result ships in `sftkey_lora/builtin/tiny/`.
 
 from __future__ import annotations
 
-import random
 import re
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -18,7 +18,6 @@ from .data.synthetic import synthetic_split
 from .recipe import PAPER_SYSTEM_PROMPT, FormatConfig
 from .render import render, render_prompt
 
-BUILTIN_DIR = Path(__file__).parent / "builtin"
 EOS = "<|endoftext|>"
 VOCAB_SIZE = 2048
 
@@ -61,11 +60,11 @@ def tokenizer_corpus(seed: int) -> list[str]:
     return texts + [PAPER_SYSTEM_PROMPT] * 20
 
 
-def build_tiny(output: Path, steps: int = 3000, seed: int = 0, n_problems: int = 60000) -> dict[str, float]:
+def build_tiny(
+    output: Path, steps: int = 3000, seed: int = 0, n_problems: int = 60000, eval_problems: int = 50
+) -> dict[str, float]:
     """Train tokenizer and model from scratch, save them to `output`, report competence."""
-    from transformers import (DataCollatorForSeq2Seq, LlamaConfig, LlamaForCausalLM, Trainer,
-                              TrainingArguments, set_seed)
-    from datasets import Dataset
+    from transformers import LlamaConfig, LlamaForCausalLM, set_seed
 
     set_seed(seed)
     tokenizer = train_tokenizer(tokenizer_corpus(seed))
@@ -76,42 +75,48 @@ def build_tiny(output: Path, steps: int = 3000, seed: int = 0, n_problems: int =
         pad_token_id=tokenizer.pad_token_id,
     )
     model = LlamaForCausalLM(config)
-    problems = synthetic_split("pretrain", n_problems, 200, seed)
+    texts = [untagged_text(e.prompt, e.thinking, e.answer)
+             for e in synthetic_split("pretrain", n_problems, 200, seed)]
+    final_loss = pretrain(model, tokenizer, texts, steps, seed)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    output.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output, safe_serialization=True)
+    tokenizer.save_pretrained(output)
+    accuracy = untagged_accuracy(model, tokenizer, eval_problems, seed)
+    return {"final_loss": final_loss, "untagged_test_accuracy": accuracy}
+
+
+def pretrain(model, tokenizer, texts: list[str], steps: int, seed: int) -> float:
+    """Causal-LM training with the transformers Trainer; returns the last logged loss."""
+    from datasets import Dataset
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     def tokenize(example: dict[str, str]) -> dict[str, list[int]]:
         ids = tokenizer(example["text"])["input_ids"] + [tokenizer.eos_token_id]
         return {"input_ids": ids, "labels": list(ids)}  # eos labelled even though pad == eos
 
-    texts = Dataset.from_dict({"text": [untagged_text(e.prompt, e.thinking, e.answer) for e in problems]})
-    train_set = texts.map(tokenize, remove_columns=["text"])
-    args = TrainingArguments(
-        output_dir=str(output / "_pretrain"), max_steps=steps, per_device_train_batch_size=32,
-        learning_rate=3e-3, lr_scheduler_type="cosine", warmup_steps=min(100, steps // 10),
-        weight_decay=0.01, logging_steps=max(1, steps // 20), save_strategy="no", report_to=[],
-        seed=seed, data_seed=seed, use_cpu=True, disable_tqdm=False,
-    )
-    trainer = Trainer(model=model, args=args, train_dataset=train_set,
-                      data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100))
-    trainer.train()
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    output.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(output, safe_serialization=True)
-    tokenizer.save_pretrained(output)
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    return {"final_loss": losses[-1], "untagged_test_accuracy": untagged_accuracy(model, tokenizer, 50, seed)}
+    train_set = Dataset.from_dict({"text": texts}).map(tokenize, remove_columns=["text"])
+    with tempfile.TemporaryDirectory() as scratch:  # Trainer wants an output_dir; nothing kept
+        args = TrainingArguments(
+            output_dir=scratch, max_steps=steps, per_device_train_batch_size=32,
+            learning_rate=3e-3, lr_scheduler_type="cosine", warmup_steps=min(100, steps // 10),
+            weight_decay=0.01, logging_steps=max(1, steps // 20), save_strategy="no",
+            report_to=[], seed=seed, data_seed=seed, use_cpu=True,
+        )
+        trainer = Trainer(model=model, args=args, train_dataset=train_set,
+                          data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100))
+        trainer.train()
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry][-1]
 
 
 def untagged_accuracy(model, tokenizer, n: int, seed: int) -> float:
-    """Greedy answers on held-out test problems in the pre-training layout."""
+    """Greedy answers to held-out test problems, asked in the pre-training layout."""
     import torch
 
-    test = synthetic_split("test", 1, n, seed)
-    rng = random.Random(seed)
-    rng.shuffle(test)
     correct = 0
     model.eval()
-    for example in test:
-        prompt = untagged_text(example.prompt, "", "").removesuffix(FormatConfig().untagged_separator)
+    for example in synthetic_split("test", 1, n, seed):
+        prompt = render_prompt(example.prompt, FormatConfig(system_prompt=""))
         ids = torch.tensor([tokenizer(prompt)["input_ids"]])
         with torch.no_grad():
             out = model.generate(ids, max_new_tokens=160, do_sample=False)

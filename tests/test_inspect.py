@@ -31,7 +31,7 @@ def test_jsonl_rows_loss_texts(cli, tmp_path: Path, tiny_tokenizer) -> None:
     result = inspect_json(cli, "data.source=jsonl", f"data.path={path}")
     assert len(result) == len(UNSEEN_ROWS)
     eos = tiny_tokenizer.eos_token
-    for row, item in zip(UNSEEN_ROWS, result):
+    for row, item in zip(UNSEEN_ROWS, result, strict=True):
         answer, thinking = row["answer"].strip(), row["thinking"].strip()
         assert (item["answer"], item["thinking"]) == (answer, thinking)
         stage2, stage1 = item["loss_text"]["stage2"], item["loss_text"]["stage1"]

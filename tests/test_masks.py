@@ -69,7 +69,7 @@ def test_straddling_token_counts_as_key(tiny_tokenizer) -> None:
     example = Example("q", "so 4.", "4")
     rendered = render(example, FormatConfig(), tagged=True)
     encoded = encode(rendered, tiny_tokenizer, [], example)
-    pieces = [tiny_tokenizer.decode([t]) for t, k in zip(encoded.input_ids, encoded.in_key) if k]
+    pieces = [tiny_tokenizer.decode([t]) for t, k in zip(encoded.input_ids, encoded.in_key, strict=True) if k]
     # the built-in tokenizer merges `>` of </Thinking> with `<` of <Answer>
     assert pieces[0] == "><"
     assert decoded_loss(tiny_tokenizer, encoded, "key") == "><Answer>4</Answer><|endoftext|>"
@@ -83,7 +83,7 @@ def test_segments_and_eos_labelled_when_pad_is_eos(tiny_tokenizer) -> None:
     assert encoded.labels("key")[-1] == tiny_tokenizer.eos_token_id
     assert encoded.labels("full")[-1] == tiny_tokenizer.eos_token_id
     assert encoded.count(Segment.ANSWER) == 1 and encoded.count(Segment.EOS) == 1
-    assert all(label == IGNORE for label, seg in zip(encoded.labels("full"), encoded.segments)
+    assert all(label == IGNORE for label, seg in zip(encoded.labels("full"), encoded.segments, strict=True)
                if seg == Segment.PROMPT)
 
 

@@ -158,7 +158,8 @@ def test_synthetic_solutions_are_correct_arithmetic() -> None:
             if op == "/":
                 assert int(a) % int(b) == 0
         assert steps[-1][3] == example.answer
-        assert example.thinking.endswith(f"has {example.answer} {example.prompt.split()[3].rstrip('.')} in the end.")
+        item = example.prompt.split()[3].rstrip(".")
+        assert example.thinking.endswith(f"has {example.answer} {item} in the end.")
 
 
 def test_synthetic_limit_and_unknown_split() -> None:

@@ -52,7 +52,7 @@ def openbookqa_row(row: dict[str, Any], cfg: DataConfig) -> Example:
         isinstance(choices.get("label"), list) and len(choices["label"]) == len(choices["text"])
     ):
         raise BadRow("bad_choices", "`choices` needs equally long `text` and `label` lists")
-    options = dict(zip(choices["label"], choices["text"]))
+    options = dict(zip(choices["label"], choices["text"], strict=True))
     if key not in options:
         raise BadRow("bad_answerKey", f"answerKey {key!r} is not one of {list(options)}")
     prompt = stem + "\n" + "\n".join(f"{label}. {text}" for label, text in options.items())

@@ -142,6 +142,6 @@ def synthetic_split(split: str, n_train: int, n_test: int, seed: int) -> list[Ex
 
 def _take(problems: Iterator[Example], n: int, split: str) -> list[Example]:
     out = []
-    for index, example in zip(range(n), problems):
+    for index, example in zip(range(n), problems, strict=False):
         out.append(Example(example.prompt, example.thinking, example.answer, f"synthetic-{split}-{index}"))
     return out
