@@ -15,7 +15,7 @@ from .loading import load_tokenizer
 from .masks import IGNORE, Encoded, encode_examples
 from .recipe import Recipe
 from .render import Segment
-from .strategies import STRATEGIES, StrategySpec
+from .strategies import STRATEGIES, StageSpec, StrategySpec
 
 COLOURS = {  # ANSI SGR codes per segment
     Segment.PROMPT: "2", Segment.THINKING: "34", Segment.ANSWER: "1;32",
@@ -74,7 +74,7 @@ def as_text(inspection: Inspection, n: int, colour: bool) -> str:
         counts = ", ".join(f"{s.name.lower()} {encoded.count(s)}" for s in Segment)
         lines.append(f"\n── example {index + 1}/{min(n, len(inspection.encoded))} · "
                      f"{encoded.example.id} · {len(encoded.input_ids)} tokens ({counts})")
-        lines.append(_token_stream(inspection.tokenizer, encoded, colour))
+        lines.append(_token_stream(inspection.tokenizer, encoded, inspection.strategy.stages, colour))
         for stage, text in inspection.loss_text(encoded).items():
             spec = next(s for s in inspection.strategy.stages if s.name == stage)
             count = sum(1 for t in encoded.labels(spec.labels) if t != IGNORE)
@@ -87,13 +87,15 @@ def as_text(inspection: Inspection, n: int, colour: bool) -> str:
 
 def _legend(inspection: Inspection, colour: bool) -> str:
     names = " ".join(_paint(s.name.lower(), s, colour) for s in Segment)
-    stages = ", ".join(f"{s.name}: {s.labels} labels" for s in inspection.strategy.stages)
-    mark = "underlined" if colour else "marked with ^"
-    return (f"strategy {inspection.recipe.strategy} ({stages}); segments: {names}; "
-            f"tokens with key loss are {mark}; tokens are separated by ·")
+    mark = "underlined" if colour else "marked ^"
+    trains_on = {"full": "every token after the prompt", "key": f"the key tokens ({mark})"}
+    stages = "; ".join(f"{s.name} trains on {trains_on[s.labels]}" for s in inspection.strategy.stages)
+    return (f"strategy {inspection.recipe.strategy}: {stages}\n"
+            f"segments: {names}; tokens are separated by ·")
 
 
-def _token_stream(tokenizer: Any, encoded: Encoded, colour: bool) -> str:
+def _token_stream(tokenizer: Any, encoded: Encoded, stages: tuple[StageSpec, ...], colour: bool) -> str:
+    mark_key = any(stage.labels == "key" for stage in stages)
     parts, previous = [], None
     for token, segment, key in zip(encoded.input_ids, encoded.segments, encoded.in_key, strict=True):
         text = tokenizer.decode([token], skip_special_tokens=False,
@@ -101,7 +103,7 @@ def _token_stream(tokenizer: Any, encoded: Encoded, colour: bool) -> str:
         if not colour and segment != previous:
             parts.append(f"«{segment.name.lower()}»")
         previous = segment
-        if key:
+        if key and mark_key:
             text = f"\x1b[4m{text}\x1b[24m" if colour else f"^{text}"
         parts.append(_paint(text, segment, colour))
     return "·".join(parts)

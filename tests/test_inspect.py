@@ -65,6 +65,9 @@ def test_human_view_reports_data_and_ratio(cli) -> None:
     assert "data: synthetic (train): 2000 rows read, 2000 used, 0 dropped" in out
     ratio = float(re.search(r"median thinking/answer token ratio: ([\d.]+)", out).group(1))
     assert ratio >= 10
+    assert "stage2 trains on the key tokens (marked ^)" in out
+    code, out, _ = cli("inspect", str(QUICKSTART), "--n", "1", "--set", "strategy=sft")
+    assert "stage1 trains on every token after the prompt" in out and "^" not in out
 
 
 def test_data_report_lists_dropped_rows(cli) -> None:

@@ -125,12 +125,16 @@ def test_no_usable_rows_is_an_error_with_the_report(tmp_path: Path) -> None:
     assert "dropped 1 × empty_answer" in str(err.value)
 
 
-def test_hub_source_offline_points_to_data_path() -> None:
+@pytest.mark.parametrize(("source", "repo"), [
+    ("gsm8k", "openai/gsm8k"), ("openbookqa", "allenai/openbookqa"),
+    ("openr1_math", "open-r1/OpenR1-Math-220k"), ("cot_collection", "kaist-ai/CoT-Collection"),
+])
+def test_hub_sources_offline_point_to_data_path(source: str, repo: str) -> None:
     with pytest.raises(UserError) as err:
-        load_examples(data(source="gsm8k"))
+        load_examples(data(source=source))
     message = str(err.value)
-    assert "cannot load openai/gsm8k" in message and "HF_HUB_OFFLINE" in message
-    assert "Set data.path" in message
+    assert f"cannot load {repo}" in message and "HF_HUB_OFFLINE" in message
+    assert f"Set data.path to a local JSON/JSONL/Parquet file in the {source} schema" in message
 
 
 def test_jsonl_source_needs_a_file() -> None:
