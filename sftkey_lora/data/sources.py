@@ -115,7 +115,7 @@ def load_examples(cfg: DataConfig, split: str | None = None) -> tuple[list[Examp
             continue
         row_id = row.get("id")
         examples.append(Example(example.prompt, example.thinking, example.answer,
-                                str(row_id) if row_id is not None else f"{cfg.source}-{where}"))
+                                str(row_id) if row_id is not None else f"{cfg.source}:{where}"))
     report.used = len(examples)
     if not examples:
         raise UserError(f"data: no usable rows in {report.split}\n{report.format()}")
