@@ -37,14 +37,16 @@ class Inspection:
                   for e in self.encoded if e.count(Segment.ANSWER)]
         return statistics.median(ratios) if ratios else float("nan")
 
-    def loss_text(self, encoded: Encoded) -> dict[str, str]:
-        out = {}
-        for stage in self.strategy.stages:
-            ids = [tok for tok in encoded.labels(stage.labels) if tok != IGNORE]
-            out[stage.name] = self.tokenizer.decode(
-                ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        return out
+    def stage_loss_ids(self, encoded: Encoded) -> list[tuple[StageSpec, list[int]]]:
+        """Per stage, exactly the token ids that carry loss."""
+        return [(stage, [tok for tok in encoded.labels(stage.labels) if tok != IGNORE])
+                for stage in self.strategy.stages]
 
+    def loss_text(self, encoded: Encoded) -> dict[str, str]:
+        return {stage.name: self.decode(ids) for stage, ids in self.stage_loss_ids(encoded)}
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 def inspect_recipe(recipe: Recipe) -> Inspection:
     strategy = STRATEGIES[recipe.strategy]
@@ -75,10 +77,9 @@ def as_text(inspection: Inspection, n: int, colour: bool) -> str:
         lines.append(f"\n── example {index + 1}/{min(n, len(inspection.encoded))} · "
                      f"{encoded.example.id} · {len(encoded.input_ids)} tokens ({counts})")
         lines.append(_token_stream(inspection.tokenizer, encoded, inspection.strategy.stages, colour))
-        for stage, text in inspection.loss_text(encoded).items():
-            spec = next(s for s in inspection.strategy.stages if s.name == stage)
-            count = sum(1 for t in encoded.labels(spec.labels) if t != IGNORE)
-            lines.append(f"  {stage} ({spec.labels}, {count} loss tokens): {text!r}")
+        for stage, ids in inspection.stage_loss_ids(encoded):
+            text = inspection.decode(ids)
+            lines.append(f"  {stage.name} ({stage.labels}, {len(ids)} loss tokens): {text!r}")
     lines.append("")
     lines.append(inspection.report.format())
     lines.append(f"median thinking/answer token ratio: {inspection.median_thinking_answer_ratio():.1f}")
