@@ -32,6 +32,16 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--n", type=int, default=3, help="examples to show (default 3)")
     inspect.add_argument("--json", action="store_true", help="print a JSON list instead")
 
+    run = commands.add_parser("run", help="train every stage of the recipe's strategy")
+    _recipe_args(run)
+    run.add_argument("--output", type=Path, default=None,
+                     help="run directory (default: adapters/<recipe name>)")
+    run.add_argument("--fresh", action="store_true",
+                     help="delete the run directory's earlier run and start over")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the resolved plan of every stage; load no model or data")
+    run.add_argument("--json", action="store_true", help="print JSON (the plan, or run.json at the end)")
+
     tiny = commands.add_parser("build-tiny", help="rebuild the built-in tiny model from scratch")
     tiny.add_argument("--output", type=Path, default=None,
                       help="where to write it (default: the package's builtin/tiny)")
@@ -56,6 +66,31 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         print(as_text(inspection, args.n, colour))
 
 
+def cmd_run(args: argparse.Namespace) -> None:
+    from .plan import dry_run
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    run_dir = args.output or Path("adapters") / (recipe.name or args.recipe.stem)
+    if args.dry_run:
+        plan = dry_run(recipe, run_dir)
+        print(json.dumps(plan, indent=1) if args.json else _plan_text(plan))
+        return
+    from .run import run_recipe
+
+    record = run_recipe(recipe, run_dir, fresh=args.fresh)
+    if args.json:
+        print(json.dumps(record.data, indent=1, ensure_ascii=False))
+
+
+def _plan_text(plan: dict) -> str:
+    lines = [f"output: {plan['output']}"]
+    for stage in plan["stages"]:
+        lines.append(f"{stage['name']}: labels {stage['labels']}, base {stage['base']}, "
+                     f"precision {stage['precision']}, lora {stage['lora']}")
+        lines += [f"  {key}: {value}" for key, value in stage["training_args"].items()]
+    return "\n".join(lines)
+
+
 def cmd_build_tiny(args: argparse.Namespace) -> None:
     from .loading import BUILTIN_DIR
     from .tiny_model import build_tiny
@@ -66,7 +101,7 @@ def cmd_build_tiny(args: argparse.Namespace) -> None:
     print(json.dumps({"output": str(output), **summary}))
 
 
-COMMANDS = {"inspect": cmd_inspect, "build-tiny": cmd_build_tiny}
+COMMANDS = {"inspect": cmd_inspect, "run": cmd_run, "build-tiny": cmd_build_tiny}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Resolve `model.name_or_path` and load the tokenizer through `from_pretrained`.
+"""Resolve `model.name_or_path`; load the tokenizer and the model through `from_pretrained`.
 
 The built-in model, a hub id and a local directory all go through the same code path;
 only `builtin:NAME` is first mapped to the directory shipped inside the package.
@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from .errors import UserError, first_line
+from .hardware import ResolvedPrecision, torch_dtype
 from .recipe import FormatConfig, ModelConfig
 from .tags import ALL_TAGS
 
@@ -54,6 +55,39 @@ def add_tag_tokens(tokenizer) -> list[int]:
 
     tokenizer.add_tokens([AddedToken(tag, normalized=False, special=False) for tag in ALL_TAGS])
     return tokenizer.convert_tokens_to_ids(list(ALL_TAGS))
+
+
+def load_model(cfg: ModelConfig, precision: ResolvedPrecision, *, quantized: bool, vocab_size: int):
+    """The causal LM of `cfg`, in 4-bit NF4 (`quantized`, QLoRA) or in the compute dtype, with
+    its embedding grown to `vocab_size` rows when tags were added as tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch_dtype(precision)
+    kwargs = {}
+    if quantized:
+        kwargs["quantization_config"] = nf4_config(cfg, dtype)
+    if torch.cuda.is_available():
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            resolve_model_path(cfg.name_or_path), revision=cfg.revision,
+            trust_remote_code=cfg.trust_remote_code, dtype=dtype, **kwargs,
+        )
+    except (OSError, ValueError) as err:
+        raise UserError(_missing_model_message(cfg.name_or_path, err)) from None
+    if model.get_input_embeddings().num_embeddings < vocab_size:
+        model.resize_token_embeddings(vocab_size)
+    return model
+
+
+def nf4_config(cfg: ModelConfig, compute_dtype):
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=cfg.double_quant,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
 
 
 def _missing_model_message(name: str, err: Exception) -> str:

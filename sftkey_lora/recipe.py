@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import UserError, first_line
 
@@ -26,6 +26,11 @@ PAPER_SYSTEM_PROMPT = (
 Strategy = Literal["sft", "sft_tag", "key_tag", "sftkey_tag"]
 Source = Literal["synthetic", "jsonl", "gsm8k", "openbookqa", "openr1_math", "cot_collection"]
 SegmentationRule = Literal["gsm8k", "answer_is", "boxed", "last_line"]
+StageName = Literal["stage1", "stage2"]
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+# The `optim` values of TrainingArguments offered here; the 8-bit and paged ones need CUDA.
+Optimizer = Literal["adamw_torch", "adamw_torch_fused", "adamw_bnb_8bit", "paged_adamw_8bit",
+                    "paged_adamw_32bit", "adafactor", "sgd"]
 
 
 class _Section(BaseModel):
@@ -40,6 +45,10 @@ class ModelConfig(_Section):
     name_or_path: str = "builtin:tiny"
     revision: str | None = None
     trust_remote_code: bool = False
+    # `nf4`: the base is loaded in 4-bit NF4 (QLoRA); `none`: in 16-bit (plain LoRA).
+    quantization: Literal["nf4", "none"] = "nf4"
+    # Quantize the 4-bit scales too (saves ~0.4 bit per weight).
+    double_quant: bool = True
 
 
 class SyntheticConfig(_Section):
@@ -54,6 +63,8 @@ class DataConfig(_Section):
     path: Path | None = None
     split: str = "train"
     limit: int | None = Field(None, gt=0)
+    # Examples kept out of training: the merge KL check and the per-segment loss curves use them.
+    holdout: int = Field(32, gt=0)
     # Malformed JSON lines are an error unless this is set; then they are counted and skipped.
     skip_bad_rows: bool = False
     # How a raw `response` (jsonl source) is split into thinking and answer; first match wins.
@@ -86,12 +97,89 @@ class FormatConfig(_Section):
     max_length: int = Field(512, ge=16)
 
 
+class LoraSection(_Section):
+    r: int = Field(16, gt=0)
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    # `all-linear`: every linear layer but the output head; or a list of module names.
+    target_modules: str | list[str] = "all-linear"
+
+
+class TrainingConfig(_Section):
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, gt=0)  # when set, overrides `epochs`
+    batch_size: int = Field(8, gt=0)  # per device
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    learning_rate: float = Field(2e-4, gt=0)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    # A fraction of the training steps when below 1, else a number of steps.
+    warmup: float = Field(0.03, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    optimizer: Optimizer = "adamw_torch"
+    max_grad_norm: float = Field(1.0, gt=0)
+    # `auto`: bf16 on a GPU that has it, else fp16 on a GPU, else fp32 (CPU).
+    precision: Precision = "auto"
+    gradient_checkpointing: bool = True
+    seed: int = 0
+    logging_steps: int = Field(10, gt=0)
+    save_steps: int = Field(100, gt=0)
+    save_total_limit: int | None = Field(2, gt=0)
+    report_to: list[str] = []  # e.g. [tensorboard, wandb]
+
+
+class StageConfig(_Section):
+    """What one stage trains with: the recipe's `lora` and `training`, with the stage's own
+    `stages.NAME.lora` / `stages.NAME.training` keys laid over them."""
+
+    lora: LoraSection = LoraSection()
+    training: TrainingConfig = TrainingConfig()
+
+
+class MergeConfig(_Section):
+    # The 16-bit weights the stage-1 adapter is merged into: the original ones, or the NF4
+    # round-tripped ones the adapter saw in training; `auto` keeps the one whose re-quantized
+    # merge is closer (lower KL) to the stage-1 model on held-out examples.
+    base: Literal["auto", "original", "nf4"] = "auto"
+
+
 class Recipe(_Section):
     name: str | None = None
     strategy: Strategy = "sftkey_tag"
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     format: FormatConfig = FormatConfig()
+    lora: LoraSection = LoraSection()
+    training: TrainingConfig = TrainingConfig()
+    stages: dict[StageName, StageConfig] = {}
+    merge: MergeConfig = MergeConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stages_inherit(cls, raw: Any) -> Any:
+        """Each `stages.NAME` section starts from the top-level `lora` and `training`."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("stages"), dict):
+            return raw
+        stages = {}
+        for name, own in raw["stages"].items():
+            if isinstance(own, dict):
+                own = {**own, **{section: _laid_over(raw.get(section), own.get(section))
+                                 for section in ("lora", "training")}}
+            stages[name] = own
+        return {**raw, "stages": stages}
+
+    def stage(self, name: str) -> StageConfig:
+        """The resolved settings of one stage."""
+        return self.stages.get(name) or StageConfig(lora=self.lora, training=self.training)  # type: ignore[arg-type]
+
+
+def _laid_over(base: Any, own: Any) -> Any:
+    """`own` keys over `base` keys when both are mappings; otherwise `own` as given, so that
+    validation reports it."""
+    if own is None:
+        return base if base is not None else {}
+    if isinstance(base, dict) and isinstance(own, dict):
+        return {**base, **own}
+    return own
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:

@@ -1,0 +1,50 @@
+"""Batches for the Trainer: right-padded ids, attention mask and the stage's labels."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .masks import IGNORE, Encoded
+from .render import Segment
+from .strategies import LabelKind
+
+
+@dataclass(frozen=True)
+class Collator:
+    pad_id: int
+    labels: LabelKind
+    # Per-token segment flags for the loss curves; the Trainer's batches leave them out,
+    # since the model's forward would receive them.
+    with_segments: bool = False
+
+    def __call__(self, rows: Sequence[Encoded]) -> dict[str, torch.Tensor]:
+        width = max(len(row.input_ids) for row in rows)
+        batch = {
+            "input_ids": _padded([row.input_ids for row in rows], width, self.pad_id),
+            "attention_mask": _padded([[1] * len(row.input_ids) for row in rows], width, 0),
+            "labels": _padded([row.labels(self.labels) for row in rows], width, IGNORE),
+        }
+        if self.with_segments:
+            thinking = [[s == Segment.THINKING for s in row.segments] for row in rows]
+            batch["is_thinking"] = _padded(thinking, width, False)
+            batch["is_key"] = _padded([row.in_key for row in rows], width, False)
+        return batch
+
+
+def _padded(rows: list[list], width: int, fill: int | bool) -> torch.Tensor:
+    return torch.tensor([row + [fill] * (width - len(row)) for row in rows])
+
+
+def pad_id(tokenizer: object) -> int:
+    """The pad id, else the eos id: padding is masked by the attention mask and labels, never
+    by id, so pad == eos cannot mask the real end-of-sequence token."""
+    pad = getattr(tokenizer, "pad_token_id", None)
+    return pad if pad is not None else tokenizer.eos_token_id  # type: ignore[attr-defined]
+
+
+def batches(rows: Sequence[Encoded], size: int, collator: Collator) -> Iterator[dict[str, torch.Tensor]]:
+    for start in range(0, len(rows), size):
+        yield collator(rows[start:start + size])

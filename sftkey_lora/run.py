@@ -1,0 +1,114 @@
+"""`sftkey-lora run`: every stage of a strategy, resumable, recorded in `run.json`.
+
+sftkey_tag: stage1 (adapter on the 4-bit base, full labels) -> merge into 16-bit
+`stage1-merged/` -> stage2 (fresh adapter on the 4-bit merged model, key labels only).
+Completed steps are skipped when the same command runs again; a stage interrupted
+mid-way resumes from its last `checkpoint-N/`.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .collate import Collator, batches, pad_id
+from .data import load_examples
+from .errors import UserError
+from .loading import load_tokenizer
+from .masks import Encoded, encode_examples
+from .merge import merge_stage1
+from .plan import MERGED_DIR, StagePlan, plan_stages
+from .plots import plot_stage_losses
+from .recipe import Recipe
+from .rundir import RunRecord, remove_checkpoints
+from .strategies import STRATEGIES
+from .tags import ALL_TAGS
+
+MERGE_STEP = "merge"
+
+
+def run_recipe(recipe: Recipe, run_dir: Path, fresh: bool = False,
+               say: Callable[[str], None] = lambda text: print(text, file=sys.stderr)) -> RunRecord:
+    record = RunRecord.open(run_dir, recipe, fresh)
+    plans = plan_stages(recipe, run_dir)
+    steps = [step for plan in plans for step in ([MERGE_STEP] if plan.name == "stage2" else []) + [plan.name]]
+    if all(record.status(step) == "complete" for step in steps):
+        say(f"{run_dir}: every stage is complete (--fresh starts over)")
+        return record
+    tokenizer = load_tokenizer(recipe.model, recipe.format)
+    train, holdout = _training_data(recipe, tokenizer, record)
+    new_ids = tokenizer.convert_tokens_to_ids(list(ALL_TAGS)) if recipe.format.tags == "added_tokens" else []
+    for plan in plans:
+        if plan.name == "stage2" and record.status(MERGE_STEP) != "complete":
+            _merge(recipe, plan, record, tokenizer, holdout, say)
+        if record.status(plan.name) == "complete":
+            continue
+        _train(recipe, plan, record, tokenizer, train, holdout, new_ids if plan.name == "stage1" else [])
+    say(summary_table(record))
+    return record
+
+
+def _training_data(recipe: Recipe, tokenizer: Any, record: RunRecord) -> tuple[list[Encoded], list[Encoded]]:
+    """Encoded examples, minus `data.holdout` of them drawn with the stage-1 seed."""
+    examples, report = load_examples(recipe.data)
+    rows = encode_examples(examples, tokenizer, recipe.format, STRATEGIES[recipe.strategy].tagged, report)
+    held = recipe.data.holdout
+    if len(rows) <= held:
+        raise UserError(f"data.holdout: {held} held-out examples leave none of the {len(rows)} usable "
+                        f"examples to train on; lower it or add data\n{report.format()}")
+    picked = set(random.Random(recipe.stage("stage1").training.seed).sample(range(len(rows)), held))
+    train = [row for i, row in enumerate(rows) if i not in picked]
+    holdout = [row for i, row in enumerate(rows) if i in picked]
+    record.update(data={**report.to_dict(), "train": len(train), "holdout": len(holdout)})
+    return train, holdout
+
+
+def _train(recipe: Recipe, plan: StagePlan, record: RunRecord, tokenizer: Any, train: list[Encoded],
+           holdout: list[Encoded], new_ids: list[int]) -> None:
+    from .stage import StageInputs, train_stage
+
+    if record.status(plan.name) != "running":
+        remove_checkpoints(record.run_dir)  # left by an earlier stage, never this one's
+    record.update_step(plan.name, status="running", started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    base = recipe.model
+    if plan.base != recipe.model.name_or_path:
+        base = recipe.model.model_copy(update={"name_or_path": plan.base, "revision": None})
+        tokenizer = load_tokenizer(base, recipe.format)
+    inputs = StageInputs(base, recipe.model.quantization == "nf4", tokenizer, train, holdout, new_ids)
+    outcome = train_stage(plan, inputs, record.run_dir)
+    plot_stage_losses(outcome["log_history"], plan.name, record.run_dir / "plots" / f"{plan.name}_loss.png")
+    record.update_step(plan.name, status="complete", **outcome)
+    remove_checkpoints(record.run_dir)
+
+
+def _merge(recipe: Recipe, plan: StagePlan, record: RunRecord, tokenizer: Any, holdout: list[Encoded],
+           say: Callable[[str], None]) -> None:
+    say(f"merging stage1 into 16-bit weights ({recipe.merge.base} base) ...")
+    started = time.perf_counter()
+    probe = list(batches(holdout, plan.config.training.batch_size, Collator(pad_id(tokenizer), "full")))
+    outcome = merge_stage1(recipe.model, record.run_dir / "stage1", record.run_dir / MERGED_DIR,
+                           tokenizer, probe, plan.precision, recipe.merge.base)
+    record.update_step(MERGE_STEP, status="complete", seconds=round(time.perf_counter() - started, 1), **outcome)
+
+
+def summary_table(record: RunRecord) -> str:
+    """Per step: status, wall time, training tokens/s, peak memory, held-out key loss."""
+    rows = [("step", "status", "time", "tokens/s", "peak memory", "held-out key loss")]
+    for name, step in record.data["steps"].items():
+        if name == MERGE_STEP:
+            kl = ", ".join(f"{k} {v:.3g}" for k, v in step.get("kl", {}).items())
+            rows.append((name, step.get("status", ""), f"{step.get('seconds', 0):.0f} s", "",
+                         "", f"KL {kl} -> {step.get('base', '?')}"))
+            continue
+        key = step.get("heldout_key_loss", {})
+        rows.append((name, step.get("status", ""), f"{step.get('seconds', 0):.0f} s",
+                     f"{step.get('tokens_per_second', 0):,.0f}", f"{step.get('peak_memory_mb', 0):,.0f} MB",
+                     f"{key.get('before', float('nan')):.3f} -> {key.get('after', float('nan')):.3f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+                     for row in rows)
+

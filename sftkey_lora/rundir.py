@@ -1,0 +1,136 @@
+"""The run directory and its `run.json`: what ran, with what, and how far it got.
+
+`run.json` is rewritten atomically (temporary file, then rename) after every change, and
+a step is marked `complete` only once its artifacts are whole on disk, so a run killed at
+any moment is resumed by running the same command again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError, first_line
+from .recipe import Recipe
+
+RUN_FILE = "run.json"
+CHECKPOINT_PREFIX = "checkpoint-"
+PACKAGES = ("sftkey-lora", "torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets")
+
+
+@dataclass
+class RunRecord:
+    run_dir: Path
+    data: dict[str, Any]
+
+    @classmethod
+    def open(cls, run_dir: Path, recipe: Recipe, fresh: bool) -> RunRecord:
+        """The record of `run_dir`: resumed if it holds this recipe's run, new if empty."""
+        file = run_dir / RUN_FILE
+        if run_dir.exists() and not file.exists() and any(run_dir.iterdir()):
+            raise UserError(f"--output {run_dir}: the directory is not empty and holds no {RUN_FILE}; "
+                            "choose an empty or new directory")
+        if fresh and file.exists():
+            shutil.rmtree(run_dir)
+        resolved = recipe.model_dump(mode="json")
+        if file.exists():
+            data = _read(file)
+            if data.get("recipe") != resolved:
+                keys = ", ".join(_differences(data.get("recipe") or {}, resolved)) or "its layout"
+                raise UserError(f"{file}: this run directory holds a run of another recipe (differs in "
+                                f"{keys}); rerun with --fresh to start over, or choose another --output")
+            return cls(run_dir, data)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        record = cls(run_dir, {
+            "recipe": resolved, "versions": package_versions(), "git_commit": git_commit(),
+            "created": _now(), "steps": {},
+        })
+        record.save()
+        return record
+
+    def status(self, step: str) -> str:
+        return self.data["steps"].get(step, {}).get("status", "pending")
+
+    def update_step(self, step: str, **fields: Any) -> None:
+        self.data["steps"].setdefault(step, {}).update(fields)
+        self.save()
+
+    def update(self, **fields: Any) -> None:
+        self.data.update(fields)
+        self.save()
+
+    def save(self) -> None:
+        write_json_atomic(self.run_dir / RUN_FILE, self.data)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move a fully written directory into place (a rename, atomic on one file system)."""
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """Trainer checkpoints of the stage in progress, oldest first."""
+    found = [p for p in run_dir.glob(f"{CHECKPOINT_PREFIX}*")
+             if p.is_dir() and p.name.removeprefix(CHECKPOINT_PREFIX).isdigit()]
+    return sorted(found, key=lambda p: int(p.name.removeprefix(CHECKPOINT_PREFIX)))
+
+
+def remove_checkpoints(run_dir: Path) -> None:
+    for path in checkpoints(run_dir):
+        shutil.rmtree(path)
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_commit() -> str | None:
+    """The commit of the package's checkout, when it is installed from one."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _read(file: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise UserError(f"{file}: unreadable ({first_line(err)}); rerun with --fresh to start over") from None
+    if not isinstance(data, dict) or not isinstance(data.get("steps"), dict):
+        raise UserError(f"{file}: not a run record; rerun with --fresh to start over")
+    return data
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for key in sorted(set(old) | set(new))
+                for d in _differences(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -1,0 +1,82 @@
+"""Train one stage: a fresh LoRA adapter on its base, the stage's labels, the Trainer's loop.
+
+The Trainer is configured, not subclassed: the loss (`compute_loss_func`) and the
+collator are passed in. Checkpoints are `checkpoint-N/` folders in the run directory; a
+stage that finds some resumes from the last one.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .callbacks import KEY_KEY, THINKING_KEY, SegmentLossProbe, StageProgress
+from .collate import Collator, batches, pad_id
+from .hardware import peak_memory, reset_peak_memory
+from .lora import attach_lora
+from .loading import load_model
+from .loss import causal_lm_loss
+from .masks import Encoded
+from .plan import StagePlan
+from .recipe import ModelConfig
+from .rundir import checkpoints, replace_dir
+
+
+@dataclass(frozen=True)
+class StageInputs:
+    model: ModelConfig  # the base this stage loads (for stage 2: the merged stage-1 model)
+    quantized: bool
+    tokenizer: Any
+    train: list[Encoded]
+    holdout: list[Encoded]
+    new_token_ids: list[int]  # tag tokens added to the vocabulary, whose rows must train
+
+
+def train_stage(plan: StagePlan, inputs: StageInputs, run_dir: Path) -> dict[str, Any]:
+    """Train, save the adapter to `run_dir/<stage>/` atomically, and report what happened."""
+    from transformers import PrinterCallback, Trainer, TrainingArguments
+
+    reset_peak_memory()
+    started = time.perf_counter()
+    tokenizer = inputs.tokenizer
+    model = load_model(inputs.model, plan.precision, quantized=inputs.quantized, vocab_size=len(tokenizer))
+    model = attach_lora(model, plan.config.lora, gradient_checkpointing=plan.config.training.gradient_checkpointing,
+                        new_token_ids=inputs.new_token_ids)
+    probe_rows = Collator(pad_id(tokenizer), plan.labels, with_segments=True)
+    probe = SegmentLossProbe(list(batches(inputs.holdout, plan.config.training.batch_size, probe_rows)))
+    trainer = Trainer(
+        model=model, args=TrainingArguments(**plan.training_args), train_dataset=inputs.train,
+        data_collator=Collator(pad_id(tokenizer), plan.labels), processing_class=tokenizer,
+        compute_loss_func=causal_lm_loss, callbacks=[probe, StageProgress(plan.name)],
+    )
+    trainer.remove_callback(PrinterCallback)
+    resume = checkpoints(run_dir)
+    tokens_before = _tokens_seen(resume[-1]) if resume else 0
+    result = trainer.train(resume_from_checkpoint=str(resume[-1]) if resume else None)
+
+    tmp = run_dir / f".{plan.name}.tmp"
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    replace_dir(tmp, run_dir / plan.name)
+    seconds = time.perf_counter() - started
+    tokens = trainer.state.num_input_tokens_seen - tokens_before
+    history = trainer.state.log_history
+    probes = [entry for entry in history if KEY_KEY in entry]
+    return {
+        "labels": plan.labels, "steps": trainer.state.global_step, "resumed_from": resume[-1].name if resume else None,
+        "seconds": round(seconds, 1), "train_runtime": round(result.metrics["train_runtime"], 1),
+        "tokens": int(tokens), "tokens_per_second": round(tokens / result.metrics["train_runtime"], 1),
+        **peak_memory(), "train_loss": round(result.training_loss, 5),
+        "heldout_key_loss": {"before": probes[0][KEY_KEY], "after": probes[-1][KEY_KEY]},
+        "heldout_thinking_loss": {"before": probes[0][THINKING_KEY], "after": probes[-1][THINKING_KEY]},
+        "log_history": history,
+    }
+
+
+def _tokens_seen(checkpoint: Path) -> int:
+    import json
+
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    return int(state.get("num_input_tokens_seen", 0))

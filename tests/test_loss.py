@@ -1,0 +1,147 @@
+"""The loss: one mean over all loss tokens of an accumulated batch, never NaN; in a key stage
+the gradient comes from key tokens only; 4-bit training gradients survive a loss probe."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from sftkey_lora.collate import Collator, pad_id
+from sftkey_lora.data import DataReport
+from sftkey_lora.data.synthetic import synthetic_split
+from sftkey_lora.lora import attach_lora
+from sftkey_lora.loading import load_model
+from sftkey_lora.loss import causal_lm_loss, segment_losses
+from sftkey_lora.masks import IGNORE, encode_examples
+from sftkey_lora.plan import training_arguments
+from sftkey_lora.recipe import FormatConfig, LoraSection, ModelConfig, TrainingConfig
+from sftkey_lora.render import Segment
+
+SHORT = FormatConfig(system_prompt="")  # short sequences keep these tests fast
+
+
+@pytest.fixture(scope="module")
+def rows(tiny_tokenizer):
+    """Eight examples, the first four with different numbers of key tokens."""
+    examples = synthetic_split("train", n_train=60, n_test=1, seed=3)
+    encoded = encode_examples(examples, tiny_tokenizer, SHORT, tagged=True, report=DataReport("t", "train"))
+    by_count = {sum(row.in_key): row for row in encoded}
+    varied = list(by_count.values())[:4]
+    return varied + [row for row in encoded if row not in varied][: 8 - len(varied)]
+
+
+def lora_model(tokenizer, quantized: bool):
+    torch.manual_seed(0)
+    model = load_model(ModelConfig(), "fp32", quantized=quantized, vocab_size=len(tokenizer))
+    return attach_lora(model, LoraSection(r=4, dropout=0.0), gradient_checkpointing=False)
+
+
+def gradients(model, batch) -> dict[str, torch.Tensor]:
+    model.zero_grad()
+    outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    causal_lm_loss(outputs, batch["labels"]).backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return all(torch.allclose(a[n], b[n], atol=1e-7, rtol=0) for n in a)
+
+
+def test_no_loss_token_gives_zero_not_nan(tiny_tokenizer, rows) -> None:
+    model = lora_model(tiny_tokenizer, quantized=False)
+    batch = Collator(pad_id(tiny_tokenizer), "key")(rows[:2])
+    batch["labels"][:] = IGNORE
+    outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    loss = causal_lm_loss(outputs, batch["labels"], num_items_in_batch=torch.tensor(0))
+    loss.backward()
+    assert loss.item() == 0.0
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_loss_is_a_mean_over_the_tokens_of_the_whole_accumulated_batch(tiny_tokenizer, rows) -> None:
+    """Micro-batch sums over the accumulated token count add up to the one-batch mean."""
+    model = lora_model(tiny_tokenizer, quantized=False)
+    collate = Collator(pad_id(tiny_tokenizer), "key")
+    whole = collate(rows[:4])
+    outputs = model(input_ids=whole["input_ids"], attention_mask=whole["attention_mask"])
+    expected = causal_lm_loss(outputs, whole["labels"])
+    total = int((whole["labels"][:, 1:] != IGNORE).sum())
+    parts = []
+    for row in rows[:4]:
+        part = collate([row])
+        out = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"])
+        parts.append(causal_lm_loss(out, part["labels"], num_items_in_batch=torch.tensor(total)))
+    assert torch.allclose(sum(parts), expected, atol=1e-6)
+
+
+def one_step(tiny_tokenizer, rows, tmp_path, batch_size: int, accumulation: int, loss_func) -> dict:
+    from transformers import Trainer, TrainingArguments
+
+    model = lora_model(tiny_tokenizer, quantized=False)
+    cfg = TrainingConfig(batch_size=batch_size, gradient_accumulation_steps=accumulation, max_steps=1,
+                         learning_rate=1.0, optimizer="sgd", lr_scheduler="constant", warmup=0,
+                         max_grad_norm=1e9, gradient_checkpointing=False)
+    args = {**training_arguments(cfg, "fp32", tmp_path), "save_strategy": "no"}
+    Trainer(model=model, args=TrainingArguments(**args), train_dataset=rows[:4],
+            data_collator=Collator(pad_id(tiny_tokenizer), "key"), compute_loss_func=loss_func).train()
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def per_micro_batch_mean(outputs, labels, num_items_in_batch=None):
+    """The usual mistake, for contrast: each micro-batch's own mean, averaged."""
+    return causal_lm_loss(outputs, labels) / 4
+
+
+def test_accumulating_4x1_equals_one_batch_of_4(tiny_tokenizer, rows, tmp_path) -> None:
+    counts = {sum(r.in_key) for r in rows[:4]}
+    assert len(counts) > 1, "the check needs examples with different numbers of key tokens"
+    batch = one_step(tiny_tokenizer, rows, tmp_path / "a", 4, 1, causal_lm_loss)
+    accumulated = one_step(tiny_tokenizer, rows, tmp_path / "b", 1, 4, causal_lm_loss)
+    naive = one_step(tiny_tokenizer, rows, tmp_path / "c", 1, 4, per_micro_batch_mean)
+    gap = max((batch[n] - accumulated[n]).abs().max().item() for n in batch)
+    naive_gap = max((batch[n] - naive[n]).abs().max().item() for n in batch)
+    assert gap < 1e-5
+    assert naive_gap > 100 * gap + 1e-5  # the check would catch a per-micro-batch mean
+
+
+@pytest.mark.parametrize(("labels", "segment", "changes"), [
+    ("key", Segment.THINKING, False),  # stage 2: thinking tokens are context, never loss
+    ("key", Segment.ANSWER, True),
+    ("full", Segment.THINKING, True),  # stage 1 does learn the thinking
+])
+def test_which_labels_carry_gradient(tiny_tokenizer, rows, labels, segment, changes) -> None:
+    """Change one target token of `segment` (the inputs stay as they are) and compare the
+    adapter gradients on a 4-bit base, as in training."""
+    model = lora_model(tiny_tokenizer, quantized=True)
+    row = rows[0]
+    position = row.segments.index(segment)
+    perturbed_ids = list(row.input_ids)
+    perturbed_ids[position] = (perturbed_ids[position] + 1) % len(tiny_tokenizer)
+    collate = Collator(pad_id(tiny_tokenizer), labels)
+    batch = collate([row])
+    perturbed = dict(batch, labels=collate([dataclasses.replace(row, input_ids=perturbed_ids)])["labels"])
+    perturbed["input_ids"] = batch["input_ids"]
+    assert same(gradients(model, batch), gradients(model, perturbed)) is not changes
+
+
+def test_4bit_gradients_survive_an_eval_mode_probe(tiny_tokenizer, rows) -> None:
+    """A loss probe in eval mode between steps must not change the training gradients."""
+    model = lora_model(tiny_tokenizer, quantized=True)
+    batch = Collator(pad_id(tiny_tokenizer), "full")(rows[:2])
+    before = gradients(model, batch)
+    model.eval()
+    segment_losses(model, [Collator(pad_id(tiny_tokenizer), "full", with_segments=True)(rows[:2])])
+    model.train()
+    assert same(before, gradients(model, batch))
+
+
+def test_segment_losses_split_thinking_from_key(tiny_tokenizer, rows) -> None:
+    model = lora_model(tiny_tokenizer, quantized=False).eval()
+    batch = Collator(pad_id(tiny_tokenizer), "key", with_segments=True)(rows[:2])
+    losses = segment_losses(model, [batch])
+    outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    key_only = causal_lm_loss(outputs, batch["labels"]).item()  # key labels: the same tokens
+    assert losses["key"] == pytest.approx(key_only, rel=1e-5)
+    assert losses["thinking"] > 0 and losses["thinking"] != pytest.approx(losses["key"])
