@@ -28,7 +28,8 @@ CANDIDATES = ("original", "nf4")
 
 
 def merge_stage1(model_cfg: ModelConfig, adapter_dir: Path, out_dir: Path, tokenizer: Any,
-                 holdout: list[dict[str, torch.Tensor]], precision: ResolvedPrecision, choice: str) -> dict[str, Any]:
+                 holdout: list[dict[str, torch.Tensor]], precision: ResolvedPrecision,
+                 choice: str) -> dict[str, Any]:
     """Write `out_dir` (HF model + tokenizer) and return the KL of every candidate."""
     from peft import PeftModel
 

@@ -60,11 +60,16 @@ def _training_data(recipe: Recipe, tokenizer: Any, record: RunRecord) -> tuple[l
     if len(rows) <= held:
         raise UserError(f"data.holdout: {held} held-out examples leave none of the {len(rows)} usable "
                         f"examples to train on; lower it or add data\n{report.format()}")
-    picked = set(random.Random(recipe.stage("stage1").training.seed).sample(range(len(rows)), held))
-    train = [row for i, row in enumerate(rows) if i not in picked]
-    holdout = [row for i, row in enumerate(rows) if i in picked]
+    train, holdout = split_holdout(rows, held, recipe.stage("stage1").training.seed)
     record.update(data={**report.to_dict(), "train": len(train), "holdout": len(holdout)})
     return train, holdout
+
+
+def split_holdout(rows: list[Encoded], n: int, seed: int) -> tuple[list[Encoded], list[Encoded]]:
+    """(train, holdout): `n` rows drawn with `seed`, the same in every run of a recipe."""
+    picked = set(random.Random(seed).sample(range(len(rows)), n))
+    return ([row for i, row in enumerate(rows) if i not in picked],
+            [row for i, row in enumerate(rows) if i in picked])
 
 
 def _train(recipe: Recipe, plan: StagePlan, record: RunRecord, tokenizer: Any, train: list[Encoded],
@@ -92,7 +97,8 @@ def _merge(recipe: Recipe, plan: StagePlan, record: RunRecord, tokenizer: Any, h
     probe = list(batches(holdout, plan.config.training.batch_size, Collator(pad_id(tokenizer), "full")))
     outcome = merge_stage1(recipe.model, record.run_dir / "stage1", record.run_dir / MERGED_DIR,
                            tokenizer, probe, plan.precision, recipe.merge.base)
-    record.update_step(MERGE_STEP, status="complete", seconds=round(time.perf_counter() - started, 1), **outcome)
+    seconds = round(time.perf_counter() - started, 1)
+    record.update_step(MERGE_STEP, status="complete", seconds=seconds, **outcome)
 
 
 def summary_table(record: RunRecord) -> str:

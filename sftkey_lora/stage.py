@@ -15,8 +15,8 @@ from typing import Any
 from .callbacks import KEY_KEY, THINKING_KEY, SegmentLossProbe, StageProgress
 from .collate import Collator, batches, pad_id
 from .hardware import peak_memory, reset_peak_memory
-from .lora import attach_lora
 from .loading import load_model
+from .lora import attach_lora
 from .loss import causal_lm_loss
 from .masks import Encoded
 from .plan import StagePlan
@@ -42,8 +42,8 @@ def train_stage(plan: StagePlan, inputs: StageInputs, run_dir: Path) -> dict[str
     started = time.perf_counter()
     tokenizer = inputs.tokenizer
     model = load_model(inputs.model, plan.precision, quantized=inputs.quantized, vocab_size=len(tokenizer))
-    model = attach_lora(model, plan.config.lora, gradient_checkpointing=plan.config.training.gradient_checkpointing,
-                        new_token_ids=inputs.new_token_ids)
+    model = attach_lora(model, plan.config.lora, new_token_ids=inputs.new_token_ids,
+                        gradient_checkpointing=plan.config.training.gradient_checkpointing)
     probe_rows = Collator(pad_id(tokenizer), plan.labels, with_segments=True)
     probe = SegmentLossProbe(list(batches(inputs.holdout, plan.config.training.batch_size, probe_rows)))
     trainer = Trainer(
@@ -65,8 +65,9 @@ def train_stage(plan: StagePlan, inputs: StageInputs, run_dir: Path) -> dict[str
     history = trainer.state.log_history
     probes = [entry for entry in history if KEY_KEY in entry]
     return {
-        "labels": plan.labels, "steps": trainer.state.global_step, "resumed_from": resume[-1].name if resume else None,
-        "seconds": round(seconds, 1), "train_runtime": round(result.metrics["train_runtime"], 1),
+        "labels": plan.labels, "steps": trainer.state.global_step,
+        "resumed_from": resume[-1].name if resume else None,
+        "seconds": round(seconds, 1), "train_seconds": round(result.metrics["train_runtime"], 1),
         "tokens": int(tokens), "tokens_per_second": round(tokens / result.metrics["train_runtime"], 1),
         **peak_memory(), "train_loss": round(result.training_loss, 5),
         "heldout_key_loss": {"before": probes[0][KEY_KEY], "after": probes[-1][KEY_KEY]},

@@ -11,8 +11,8 @@ import torch
 from sftkey_lora.collate import Collator, pad_id
 from sftkey_lora.data import DataReport
 from sftkey_lora.data.synthetic import synthetic_split
-from sftkey_lora.lora import attach_lora
 from sftkey_lora.loading import load_model
+from sftkey_lora.lora import attach_lora
 from sftkey_lora.loss import causal_lm_loss, segment_losses
 from sftkey_lora.masks import IGNORE, encode_examples
 from sftkey_lora.plan import training_arguments

@@ -46,7 +46,8 @@ def test_overrides_are_parsed_as_yaml_values(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("text", "overrides", "expected"), [
     ("data:\n  sourc: gsm8k\n", [], "`data.sourc`: unknown key"),
-    ("", ["lora.r=8"], "`lora`: unknown key"),
+    ("", ["lora.rank=8"], "`lora.rank`: unknown key"),
+    ("", ["stages.stage2.training.lr=1"], "`stages.stage2.training.lr`: unknown key"),
     ("", ["data.limit=many"], "`data.limit`: Input should be a valid integer"),
     ("", ["data.limit=0"], "`data.limit`: Input should be greater than 0"),
     ("", ["data.source=imagenet"], "`data.source`: Input should be"),

@@ -1,0 +1,173 @@
+"""`sftkey-lora run` end to end on the built-in tiny model: stages, merge, artifacts, resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sftkey_lora.collate import Collator, batches, pad_id
+from sftkey_lora.data import load_examples
+from sftkey_lora.errors import UserError
+from sftkey_lora.loading import load_model, load_tokenizer
+from sftkey_lora.masks import encode_examples
+from sftkey_lora.merge import mean_kl
+from sftkey_lora.recipe import load_recipe
+from sftkey_lora.run import run_recipe, split_holdout
+
+from .conftest import QUICKSTART, ROOT
+
+# A few steps of each stage on short sequences: enough to exercise every step of a run.
+SMALL = [
+    "data.synthetic.n_train=56", "data.holdout=8", "format.system_prompt=", "training.batch_size=8",
+    "training.logging_steps=2", "training.save_steps=2", "stages.stage1.training.max_steps=6",
+    "stages.stage2.training.max_steps=4",
+]
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run") / "out"
+    recipe = load_recipe(QUICKSTART, SMALL)
+    return recipe, run_recipe(recipe, run_dir, say=lambda _: None)
+
+
+def test_dry_run_shows_training_arguments_of_both_stages(cli) -> None:
+    from transformers import TrainingArguments
+
+    code, out, _ = cli("run", str(QUICKSTART), "--dry-run", "--json", "--output", "/nonexistent/x")
+    assert code == 0
+    plan = json.loads(out)
+    assert [(s["name"], s["labels"]) for s in plan["stages"]] == [("stage1", "full"), ("stage2", "key")]
+    assert plan["stages"][1]["base"] == "/nonexistent/x/stage1-merged"
+    assert plan["stages"][1]["lora"]["r"] == 8  # the quickstart's own stage-2 adapter
+    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    for stage in plan["stages"]:
+        assert set(stage["training_args"]) <= fields
+        TrainingArguments(**stage["training_args"])
+    assert not Path("/nonexistent/x").exists()
+
+
+def test_run_records_every_step(small_run) -> None:
+    recipe, record = small_run
+    steps = record.data["steps"]
+    assert list(steps) == ["stage1", "merge", "stage2"]
+    assert all(step["status"] == "complete" for step in steps.values())
+    assert set(steps["merge"]["kl"]) == {"original", "nf4"}
+    assert steps["merge"]["base"] == min(steps["merge"]["kl"], key=steps["merge"]["kl"].get)
+    assert steps["stage1"]["steps"] == 6 and steps["stage2"]["steps"] == 4
+    assert steps["stage2"]["labels"] == "key"
+    for name in ("stage1", "stage2"):
+        key = steps[name]["heldout_key_loss"]
+        assert key["after"] < key["before"], f"{name} did not lower the held-out key loss"
+        assert steps[name]["tokens_per_second"] > 0 and steps[name]["peak_memory_mb"] > 0
+    assert record.data["data"]["holdout"] == 8 and record.data["data"]["train"] == 48
+    assert record.data["recipe"] == recipe.model_dump(mode="json")
+    assert record.data["versions"]["peft"]
+
+
+def test_run_directory_layout(small_run) -> None:
+    run_dir = small_run[1].run_dir
+    for path in ("run.json", "stage1/adapter_config.json", "stage1/adapter_model.safetensors",
+                 "stage1-merged/config.json", "stage1-merged/model.safetensors",
+                 "stage1-merged/tokenizer.json", "stage2/adapter_model.safetensors",
+                 "plots/stage1_loss.png", "plots/stage2_loss.png"):
+        assert (run_dir / path).is_file(), path
+    assert not list(run_dir.glob("checkpoint-*")), "checkpoints outlive their stage"
+    assert not list(run_dir.glob(".*.tmp*")), "temporary files left behind"
+
+
+def test_stage2_loads_over_the_merged_model_and_generates(small_run) -> None:
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run_dir = small_run[1].run_dir
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(run_dir / "stage1-merged"),
+                                      run_dir / "stage2")
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "stage1-merged")
+    prompt = tokenizer("User: Ann has 3 coins.\nAssistant:\n", return_tensors="pt")
+    out = model.generate(**prompt, max_new_tokens=8, do_sample=False)
+    assert out.shape[1] > prompt["input_ids"].shape[1]
+    weights = load_file(run_dir / "stage2" / "adapter_model.safetensors")
+    lora_b = [t for name, t in weights.items() if "lora_B" in name]
+    assert lora_b and all(t.abs().sum() > 0 for t in lora_b)
+
+
+def test_merged_model_matches_the_stage1_model_within_the_recorded_kl(small_run) -> None:
+    from peft import PeftModel
+
+    recipe, record = small_run
+    run_dir = record.run_dir
+    tokenizer = load_tokenizer(recipe.model, recipe.format)
+    examples, report = load_examples(recipe.data)
+    rows = encode_examples(examples, tokenizer, recipe.format, True, report)
+    _, holdout = split_holdout(rows, recipe.data.holdout, recipe.stage("stage1").training.seed)
+    probe = list(batches(holdout, 8, Collator(pad_id(tokenizer), "full")))
+    stage1 = load_model(recipe.model, "fp32", quantized=True, vocab_size=len(tokenizer))
+    stage1 = PeftModel.from_pretrained(stage1, str(run_dir / "stage1")).eval()
+    merged_cfg = recipe.model.model_copy(update={"name_or_path": str(run_dir / "stage1-merged")})
+    merged = load_model(merged_cfg, "fp32", quantized=True, vocab_size=len(tokenizer)).eval()
+    merge = record.data["steps"]["merge"]
+    kl = mean_kl(stage1, merged, probe)
+    assert kl == pytest.approx(merge["kl"][merge["base"]], rel=1e-3)
+    assert kl < 0.05
+    base = load_model(recipe.model, "fp32", quantized=True, vocab_size=len(tokenizer)).eval()
+    assert mean_kl(stage1, base, probe) > 10 * kl  # the adapter did change the model
+
+
+def test_rerun_skips_completed_stages(small_run) -> None:
+    recipe, record = small_run
+    before = (record.run_dir / "run.json").read_text()
+    messages = []
+    run_recipe(recipe, record.run_dir, say=messages.append)
+    assert "every stage is complete" in messages[0]
+    assert (record.run_dir / "run.json").read_text() == before
+
+
+def test_another_recipe_in_the_same_directory_is_refused(small_run) -> None:
+    recipe, record = small_run
+    other = recipe.model_copy(update={"strategy": "sft_tag"})
+    with pytest.raises(UserError, match="differs in strategy"):
+        run_recipe(other, record.run_dir)
+
+
+def test_a_non_run_directory_is_refused(cli, tmp_path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    code, _, err = cli("run", str(QUICKSTART), "--output", str(tmp_path))
+    assert code == 2 and "not empty" in err and (tmp_path / "notes.txt").exists()
+
+
+def test_an_interrupted_stage_resumes_from_its_checkpoint(tmp_path) -> None:
+    run_dir = tmp_path / "out"
+    args = [f"--set={item}" for item in SMALL + ["stages.stage1.training.max_steps=12"]]
+    command = [sys.executable, "-m", "sftkey_lora", "run", str(QUICKSTART), "--output", str(run_dir), *args]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        deadline = time.time() + 240
+        while not (run_dir / "checkpoint-4" / "trainer_state.json").exists():
+            assert process.poll() is None and time.time() < deadline, "no checkpoint was written"
+            time.sleep(0.2)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["steps"]["stage1"]["status"] == "running"
+
+    resumed = run_recipe(load_recipe(QUICKSTART, SMALL + ["stages.stage1.training.max_steps=12"]),
+                         run_dir, say=lambda _: None)
+    stage1 = resumed.data["steps"]["stage1"]
+    assert stage1["resumed_from"].startswith("checkpoint-")
+    assert int(stage1["resumed_from"].removeprefix("checkpoint-")) >= 4
+    assert stage1["steps"] == 12
+    logged = [entry["step"] for entry in stage1["log_history"] if "loss" in entry]
+    assert logged == [2, 4, 6, 8, 10, 12]  # the history from before the kill is kept
+    assert resumed.data["steps"]["stage2"]["status"] == "complete"
