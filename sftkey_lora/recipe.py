@@ -183,10 +183,37 @@ def _laid_over(base: Any, own: Any) -> Any:
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read a recipe file, apply `dotted.key=value` overrides, validate."""
+    """Read a recipe file (and the files it `include`s), apply `dotted.key=value` overrides,
+    validate."""
     path = Path(path)
+    raw = _read_with_includes(path, ())
+    for item in overrides or []:
+        apply_override(raw, item)
+    raw.setdefault("name", path.stem)
+    return validate_recipe(raw, source=str(path))
+
+
+def _read_with_includes(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """`include: FILE` or a list of them, relative to the including file: their keys first,
+    later files over earlier ones, this file's own keys over all (sections merge key by key)."""
     if not path.is_file():
-        raise UserError(f"recipe file not found: {path}")
+        where = f" (included from {seen[-1]})" if seen else ""
+        raise UserError(f"recipe file not found: {path}{where}")
+    if path.resolve() in seen:
+        raise UserError(f"{path}: includes itself through {' -> '.join(map(str, seen))}")
+    raw = _read_yaml(path)
+    includes = raw.pop("include", [])
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise UserError(f"{path}: field `include`: expected a file name or a list of them")
+    merged: dict[str, Any] = {}
+    for name in includes:
+        merged = _deep_merge(merged, _read_with_includes(path.parent / name, (*seen, path.resolve())))
+    return _deep_merge(merged, raw)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
@@ -194,13 +221,18 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         line = f" line {where.line + 1}" if where is not None else ""
         raise UserError(f"{path}:{line} is not valid YAML ({first_line(err)})") from None
     if raw is None:
-        raw = {}
+        return {}
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a recipe is a mapping of sections, got {type(raw).__name__}")
-    for item in overrides or []:
-        apply_override(raw, item)
-    raw.setdefault("name", path.stem)
-    return validate_recipe(raw, source=str(path))
+    return raw
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        both = isinstance(out.get(key), dict) and isinstance(value, dict)
+        out[key] = _deep_merge(out[key], value) if both else value
+    return out
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,37 @@ def test_cli_exits_2_with_one_line_and_no_traceback(cli, tmp_path: Path) -> None
     assert out == ""
     assert err.strip() == f"sftkey-lora: error: {QUICKSTART}: field `data.limt`: unknown key"
     assert "Traceback" not in err
+
+
+def test_include_lays_files_over_each_other(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text("strategy: sft\ntraining: {epochs: 2, learning_rate: 0.1}\n")
+    (tmp_path / "data.yaml").write_text("training: {batch_size: 4}\ndata: {limit: 7}\n")
+    top = write(tmp_path, "include: [base.yaml, data.yaml]\ntraining: {learning_rate: 0.5}\n")
+    recipe = load_recipe(top)
+    assert recipe.strategy == "sft" and recipe.data.limit == 7
+    assert (recipe.training.epochs, recipe.training.batch_size, recipe.training.learning_rate) == (2, 4, 0.5)
+    assert recipe.name == "r"
+
+
+@pytest.mark.parametrize(("files", "expected"), [
+    ({"r.yaml": "include: gone.yaml\n"}, "gone.yaml (included from"),
+    ({"r.yaml": "include: a.yaml\n", "a.yaml": "include: r.yaml\n"}, "includes itself"),
+    ({"r.yaml": "include: {a: 1}\n"}, "field `include`"),
+])
+def test_bad_includes_are_named(tmp_path: Path, files: dict[str, str], expected: str) -> None:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(UserError, match=re.escape(expected)):
+        load_recipe(tmp_path / "r.yaml")
+
+
+def test_qlora_recipes_cover_five_models_on_four_datasets() -> None:
+    runnable = [p for p in (ROOT / "recipes" / "qlora").glob("*.yaml") if not p.name.startswith("_")]
+    models = {load_recipe(p).model.name_or_path for p in runnable}
+    sources = {load_recipe(p).data.source for p in runnable}
+    assert len(runnable) == 20 and len(models) == 5
+    assert sources == {"gsm8k", "openbookqa", "openr1_math", "cot_collection"}
+    for path in runnable:
+        head = path.read_text().splitlines()[:2]
+        assert head[0] == f"# sftkey-lora run recipes/qlora/{path.name}"
+        assert "GB" in head[1]

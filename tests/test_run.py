@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from sftkey_lora.collate import Collator, batches, pad_id
 from sftkey_lora.data import load_examples
@@ -171,3 +172,24 @@ def test_an_interrupted_stage_resumes_from_its_checkpoint(tmp_path) -> None:
     logged = [entry["step"] for entry in stage1["log_history"] if "loss" in entry]
     assert logged == [2, 4, 6, 8, 10, 12]  # the history from before the kill is kept
     assert resumed.data["steps"]["stage2"]["status"] == "complete"
+
+
+def test_added_tag_tokens_are_trained_and_merged(small_run) -> None:
+    """The quickstart adds the tags as tokens: their embedding rows train in stage 1 and the
+    merged model carries them."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sftkey_lora.tags import ALL_TAGS
+
+    recipe, record = small_run
+    assert recipe.format.tags == "added_tokens"
+    run_dir = record.run_dir
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "stage1-merged")
+    ids = tokenizer.convert_tokens_to_ids(list(ALL_TAGS))
+    assert tokenizer("<Thinking>x</Thinking>", add_special_tokens=False)["input_ids"][0] == ids[0]
+    saved = load_file(run_dir / "stage1" / "adapter_model.safetensors")
+    rows = [tensor for name, tensor in saved.items() if "trainable_tokens" in name]
+    assert rows and rows[0].shape[0] == len(ALL_TAGS)
+    merged = AutoModelForCausalLM.from_pretrained(run_dir / "stage1-merged")
+    assert torch.allclose(merged.get_input_embeddings().weight[ids], rows[0].to(torch.float32))
