@@ -22,8 +22,10 @@ endif
 	$(BIN)/python -m pip install --quiet -e '.[eval,dev]'
 	touch $(STAMP)
 
+# Show the tokens each stage trains on, then train both stages (a second run reports the first).
 demo: setup
-	HF_HUB_OFFLINE=1 $(BIN)/sftkey-lora inspect recipes/quickstart.yaml --n 2
+	HF_HUB_OFFLINE=1 NO_COLOR=1 $(BIN)/sftkey-lora inspect recipes/quickstart.yaml --n 1
+	HF_HUB_OFFLINE=1 $(BIN)/sftkey-lora run recipes/quickstart.yaml
 
 test: setup
 	# pytest exits 5 when it collects no test: not a failure of the code under test.

@@ -38,6 +38,7 @@ def run_recipe(recipe: Recipe, run_dir: Path, fresh: bool = False,
     steps = [step for plan in plans for step in ([MERGE_STEP] if plan.name == "stage2" else []) + [plan.name]]
     if all(record.status(step) == "complete" for step in steps):
         say(f"{run_dir}: every stage is complete (--fresh starts over)")
+        say(summary_table(record))
         return record
     tokenizer = load_tokenizer(recipe.model, recipe.format)
     train, holdout = _training_data(recipe, tokenizer, record)

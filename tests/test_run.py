@@ -193,3 +193,18 @@ def test_added_tag_tokens_are_trained_and_merged(small_run) -> None:
     assert rows and rows[0].shape[0] == len(ALL_TAGS)
     merged = AutoModelForCausalLM.from_pretrained(run_dir / "stage1-merged")
     assert torch.allclose(merged.get_input_embeddings().weight[ids], rows[0].to(torch.float32))
+
+
+@pytest.mark.parametrize(("strategy", "extra", "labels"), [
+    ("sft", [], "full"),
+    ("key_tag", ["model.quantization=none"], "key"),  # and a 16-bit base (plain LoRA)
+])
+def test_one_stage_strategies(tmp_path, strategy: str, extra: list[str], labels: str) -> None:
+    overrides = SMALL + [f"strategy={strategy}", "stages.stage1.training.max_steps=2", *extra]
+    record = run_recipe(load_recipe(QUICKSTART, overrides), tmp_path / "out", say=lambda _: None)
+    assert list(record.data["steps"]) == ["stage1"]
+    assert record.data["steps"]["stage1"]["labels"] == labels
+    assert (tmp_path / "out" / "stage1" / "adapter_model.safetensors").is_file()
+    assert not (tmp_path / "out" / "stage1-merged").exists()
+    adapter = json.loads((tmp_path / "out" / "stage1" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"].endswith("builtin/tiny")
