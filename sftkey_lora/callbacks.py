@@ -29,16 +29,16 @@ class SegmentLossProbe(TrainerCallback):
         model.train(was_training)
         return {THINKING_KEY: round(losses["thinking"], 5), KEY_KEY: round(losses["key"], 5)}
 
-    def on_train_begin(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
         if state.global_step == 0 and not any(KEY_KEY in entry for entry in state.log_history):
             state.log_history.append({"step": 0, **self.measure(model)})
 
-    def on_log(self, args, state, control, logs=None, model=None, **kwargs):  # noqa: ANN001
+    def on_log(self, args, state, control, logs=None, model=None, **kwargs):
         # The Trainer has just appended these logs to the history; add the probe to that entry.
         if logs and "loss" in logs and state.log_history:
             state.log_history[-1].update(self.measure(model))
 
-    def on_train_end(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
+    def on_train_end(self, args, state, control, model=None, **kwargs):
         last = [entry for entry in state.log_history if KEY_KEY in entry]
         if not last or last[-1]["step"] != state.global_step:
             state.log_history.append({"step": state.global_step, **self.measure(model)})
@@ -51,23 +51,23 @@ class StageProgress(TrainerCallback):
         self.stage = stage
         self.bar: Any = None
 
-    def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+    def on_train_begin(self, args, state, control, **kwargs):
         from tqdm.auto import tqdm
 
         if state.is_local_process_zero:
             self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=self.stage,
                             unit="step", file=sys.stderr, dynamic_ncols=True)
 
-    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+    def on_step_end(self, args, state, control, **kwargs):
         if self.bar is not None:
             self.bar.update(state.global_step - self.bar.n)
 
-    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+    def on_log(self, args, state, control, logs=None, **kwargs):
         if self.bar is not None and logs and "loss" in logs:
             entry = state.log_history[-1]
             self.bar.set_postfix(loss=f"{logs['loss']:.3f}", key=f"{entry.get(KEY_KEY, float('nan')):.3f}")
 
-    def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
+    def on_train_end(self, args, state, control, **kwargs):
         if self.bar is not None:
             self.bar.close()
             self.bar = None

@@ -167,6 +167,13 @@ class Recipe(_Section):
             stages[name] = own
         return {**raw, "stages": stages}
 
+    @model_validator(mode="after")
+    def _nf4_merge_needs_nf4(self) -> Recipe:
+        if self.merge.base == "nf4" and self.model.quantization != "nf4":
+            raise ValueError("merge.base: nf4 is the round trip of a 4-bit base; "
+                             "it needs model.quantization: nf4")
+        return self
+
     def stage(self, name: str) -> StageConfig:
         """The resolved settings of one stage."""
         return self.stages.get(name) or StageConfig(lora=self.lora, training=self.training)  # type: ignore[arg-type]
@@ -258,11 +265,12 @@ def validate_recipe(raw: dict[str, Any], source: str = "recipe") -> Recipe:
         return Recipe.model_validate(raw)
     except ValidationError as err:
         first = err.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        field = ".".join(str(p) for p in first["loc"])
         if first["type"] == "extra_forbidden":
             message = "unknown key"
         else:
             message = first["msg"].removeprefix("Value error, ")
         more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-        raise UserError(f"{source}: field `{field}`: {message}{more}") from None
+        where = f"field `{field}`: " if field else ""  # checks across sections name their fields
+        raise UserError(f"{source}: {where}{message}{more}") from None
 

@@ -42,7 +42,8 @@ def run_recipe(recipe: Recipe, run_dir: Path, fresh: bool = False,
         return record
     tokenizer = load_tokenizer(recipe.model, recipe.format)
     train, holdout = _training_data(recipe, tokenizer, record)
-    new_ids = tokenizer.convert_tokens_to_ids(list(ALL_TAGS)) if recipe.format.tags == "added_tokens" else []
+    adds_tags = recipe.format.tags == "added_tokens" and STRATEGIES[recipe.strategy].tagged
+    new_ids = tokenizer.convert_tokens_to_ids(list(ALL_TAGS)) if adds_tags else []
     for plan in plans:
         if plan.name == "stage2" and record.status(MERGE_STEP) != "complete":
             _merge(recipe, plan, record, tokenizer, holdout, say)

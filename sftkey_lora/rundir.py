@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError, first_line
+from .hardware import device_summary
 from .recipe import Recipe
 
 RUN_FILE = "run.json"
@@ -50,6 +51,7 @@ class RunRecord:
         run_dir.mkdir(parents=True, exist_ok=True)
         record = cls(run_dir, {
             "recipe": resolved, "versions": package_versions(), "git_commit": git_commit(),
+            "device": device_summary(),
             "created": _now(), "steps": {},
         })
         record.save()

@@ -7,6 +7,7 @@ stage that finds some resumes from the last one.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,7 +78,5 @@ def train_stage(plan: StagePlan, inputs: StageInputs, run_dir: Path) -> dict[str
 
 
 def _tokens_seen(checkpoint: Path) -> int:
-    import json
-
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     return int(state.get("num_input_tokens_seen", 0))

@@ -115,3 +115,10 @@ def test_qlora_recipes_cover_five_models_on_four_datasets() -> None:
         head = path.read_text().splitlines()[:2]
         assert head[0] == f"# sftkey-lora run recipes/qlora/{path.name}"
         assert "GB" in head[1]
+
+
+def test_checks_across_sections_name_both_fields() -> None:
+    from sftkey_lora.recipe import validate_recipe
+
+    with pytest.raises(UserError, match=r"^recipe: merge.base: nf4 .* model.quantization: nf4$"):
+        validate_recipe({"merge": {"base": "nf4"}, "model": {"quantization": "none"}})
