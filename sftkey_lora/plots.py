@@ -22,7 +22,8 @@ def plot_stage_losses(history: list[dict[str, Any]], stage: str, path: Path) -> 
         points = [(entry["step"], entry[key]) for entry in history if key in entry]
         if points:
             ax.plot(*zip(*points, strict=True), marker=".", label=label)
-    ax.set(title=f"{stage}: loss per segment", xlabel="optimizer step", ylabel="cross-entropy (nats/token)")
+    ax.set(title=f"{stage}: loss per segment", xlabel="optimizer step", ylabel="cross-entropy (nats/token)",
+           yscale="log")  # losses fall by orders of magnitude
     ax.grid(alpha=0.3)
     ax.legend()
     path.parent.mkdir(parents=True, exist_ok=True)
