@@ -1,0 +1,41 @@
+"""The run record: resume, refuse, start over."""
+
+from __future__ import annotations
+
+import pytest
+
+from sftkey_lora.errors import UserError
+from sftkey_lora.recipe import Recipe
+from sftkey_lora.rundir import RUN_FILE, RunRecord, checkpoints, remove_checkpoints
+
+
+def test_fresh_starts_over_and_resume_keeps_status(tmp_path) -> None:
+    record = RunRecord.open(tmp_path / "run", Recipe(), fresh=False)
+    record.update_step("stage1", status="complete")
+    (tmp_path / "run" / "stage1").mkdir()
+    assert RunRecord.open(tmp_path / "run", Recipe(), fresh=False).status("stage1") == "complete"
+    again = RunRecord.open(tmp_path / "run", Recipe(), fresh=True)
+    assert again.status("stage1") == "pending"
+    assert not (tmp_path / "run" / "stage1").exists()
+
+
+def test_a_different_recipe_names_the_differing_fields(tmp_path) -> None:
+    RunRecord.open(tmp_path, Recipe(), fresh=False)
+    changed = Recipe.model_validate({"training": {"learning_rate": 0.5}, "data": {"holdout": 4}})
+    with pytest.raises(UserError, match=r"differs in data\.holdout, training\.learning_rate.*--fresh"):
+        RunRecord.open(tmp_path, changed, fresh=False)
+
+
+def test_an_unreadable_record_is_a_user_error(tmp_path) -> None:
+    (tmp_path / RUN_FILE).write_text("{not json")
+    with pytest.raises(UserError, match="unreadable"):
+        RunRecord.open(tmp_path, Recipe(), fresh=False)
+
+
+def test_checkpoints_sort_by_step(tmp_path) -> None:
+    for step in (10, 9, 100):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    (tmp_path / "checkpoint-final").mkdir()
+    assert [p.name for p in checkpoints(tmp_path)] == ["checkpoint-9", "checkpoint-10", "checkpoint-100"]
+    remove_checkpoints(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-final"]
