@@ -37,8 +37,11 @@ class StageInputs:
 
 def train_stage(plan: StagePlan, inputs: StageInputs, run_dir: Path) -> dict[str, Any]:
     """Train, save the adapter to `run_dir/<stage>/` atomically, and report what happened."""
-    from transformers import PrinterCallback, Trainer, TrainingArguments
+    from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 
+    # Seeded before the model exists: new embedding rows and the adapter's initial weights
+    # are drawn at creation, before the Trainer would seed anything.
+    set_seed(plan.config.training.seed)
     reset_peak_memory()
     started = time.perf_counter()
     tokenizer = inputs.tokenizer

@@ -208,3 +208,16 @@ def test_one_stage_strategies(tmp_path, strategy: str, extra: list[str], labels:
     assert not (tmp_path / "out" / "stage1-merged").exists()
     adapter = json.loads((tmp_path / "out" / "stage1" / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"].endswith("builtin/tiny")
+
+
+def test_a_run_is_reproducible(tmp_path) -> None:
+    """The same recipe and seed give the same adapter, new tag rows included."""
+    from safetensors.torch import load_file
+
+    overrides = SMALL + ["strategy=sft_tag", "stages.stage1.training.max_steps=2"]
+    adapters = []
+    for name in ("a", "b"):
+        run_recipe(load_recipe(QUICKSTART, overrides), tmp_path / name, say=lambda _: None)
+        adapters.append(load_file(tmp_path / name / "stage1" / "adapter_model.safetensors"))
+    assert adapters[0].keys() == adapters[1].keys()
+    assert all(torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])
