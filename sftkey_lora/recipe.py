@@ -185,7 +185,7 @@ def _laid_over(base: Any, own: Any) -> Any:
     if own is None:
         return base if base is not None else {}
     if isinstance(base, dict) and isinstance(own, dict):
-        return {**base, **own}
+        return _deep_merge(base, own)
     return own
 
 

@@ -48,8 +48,8 @@ def train_stage(plan: StagePlan, inputs: StageInputs, run_dir: Path) -> dict[str
     model = load_model(inputs.model, plan.precision, quantized=inputs.quantized, vocab_size=len(tokenizer))
     model = attach_lora(model, plan.config.lora, new_token_ids=inputs.new_token_ids,
                         gradient_checkpointing=plan.config.training.gradient_checkpointing)
-    probe_rows = Collator(pad_id(tokenizer), plan.labels, with_segments=True)
-    probe = SegmentLossProbe(list(batches(inputs.holdout, plan.config.training.batch_size, probe_rows)))
+    probe_collate = Collator(pad_id(tokenizer), plan.labels, with_segments=True)
+    probe = SegmentLossProbe(list(batches(inputs.holdout, plan.config.training.batch_size, probe_collate)))
     trainer = Trainer(
         model=model, args=TrainingArguments(**plan.training_args), train_dataset=inputs.train,
         data_collator=Collator(pad_id(tokenizer), plan.labels), processing_class=tokenizer,
