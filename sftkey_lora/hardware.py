@@ -15,9 +15,15 @@ def resolve_precision(precision: str) -> ResolvedPrecision:
         return precision  # type: ignore[return-value]
     import torch
 
-    if not torch.cuda.is_available():
+    if not cuda_available():
         return "fp32"
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def torch_dtype(precision: ResolvedPrecision) -> Any:

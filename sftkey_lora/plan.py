@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .hardware import ResolvedPrecision, resolve_precision
+from .hardware import ResolvedPrecision, cuda_available, resolve_precision
 from .recipe import Recipe, StageConfig, TrainingConfig
 from .strategies import STRATEGIES, LabelKind
 
@@ -41,11 +41,13 @@ def plan_stages(recipe: Recipe, run_dir: Path) -> list[StagePlan]:
         precision = resolve_precision(config.training.precision)
         base = recipe.model.name_or_path if index == 0 else str(run_dir / MERGED_DIR)
         plans.append(StagePlan(spec.name, spec.labels, base, config, precision,
-                               training_arguments(config.training, precision, run_dir)))
+                               training_arguments(config.training, precision, run_dir,
+                                                  pin_memory=cuda_available())))
     return plans
 
 
-def training_arguments(cfg: TrainingConfig, precision: ResolvedPrecision, output_dir: Path) -> dict[str, Any]:
+def training_arguments(cfg: TrainingConfig, precision: ResolvedPrecision, output_dir: Path,
+                       pin_memory: bool = False) -> dict[str, Any]:
     """Recipe `training` keys mapped to TrainingArguments. Checkpoints go to the run directory
     itself (`checkpoint-N/`); the stage's own callbacks draw the progress bar."""
     return {
@@ -75,6 +77,7 @@ def training_arguments(cfg: TrainingConfig, precision: ResolvedPrecision, output
         "include_num_input_tokens_seen": "non_padding",
         "average_tokens_across_devices": True,
         "disable_tqdm": True,
+        "dataloader_pin_memory": pin_memory,  # only a GPU has pinned memory to use
     }
 
 

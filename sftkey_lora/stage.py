@@ -61,7 +61,9 @@ def train_stage(plan: StagePlan, inputs: StageInputs, run_dir: Path) -> dict[str
     result = trainer.train(resume_from_checkpoint=str(resume[-1]) if resume else None)
 
     tmp = run_dir / f".{plan.name}.tmp"
-    model.save_pretrained(tmp)
+    # Added tag rows are saved as the adapter's trainable tokens; the whole resized
+    # embedding (a GB for a 7B model) would only repeat them.
+    model.save_pretrained(tmp, save_embedding_layers=False)
     tokenizer.save_pretrained(tmp)
     replace_dir(tmp, run_dir / plan.name)
     seconds = time.perf_counter() - started
