@@ -64,7 +64,7 @@ class StageProgress(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.bar is not None and logs and "loss" in logs:
-            entry = state.log_history[-1]
+            entry = state.log_history[-1]  # the probe, listed before this callback, has filled it
             self.bar.set_postfix(loss=f"{logs['loss']:.3f}", key=f"{entry.get(KEY_KEY, float('nan')):.3f}")
 
     def on_train_end(self, args, state, control, **kwargs):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from .errors import UserError, first_line
 from .hardware import ResolvedPrecision, torch_dtype
@@ -57,22 +58,29 @@ def add_tag_tokens(tokenizer) -> list[int]:
     return tokenizer.convert_tokens_to_ids(list(ALL_TAGS))
 
 
-def load_model(cfg: ModelConfig, precision: ResolvedPrecision, *, quantized: bool, vocab_size: int):
-    """The causal LM of `cfg`, in 4-bit NF4 (`quantized`, QLoRA) or in the compute dtype, with
-    its embedding grown to `vocab_size` rows when tags were added as tokens."""
+def load_model(cfg: ModelConfig, precision: ResolvedPrecision, *, vocab_size: int):
+    """The model to train or compare: in 4-bit NF4 when `model.quantization` says so
+    (QLoRA), else in the compute dtype; on the GPU when there is one."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     dtype = torch_dtype(precision)
     kwargs = {}
-    if quantized:
+    if cfg.quantization == "nf4":
         kwargs["quantization_config"] = nf4_config(cfg, dtype)
     if torch.cuda.is_available():
         kwargs["device_map"] = {"": torch.cuda.current_device()}
+    return pretrained_model(cfg, vocab_size, dtype=dtype, **kwargs)
+
+
+def pretrained_model(cfg: ModelConfig, vocab_size: int, **kwargs: Any):
+    """`from_pretrained` of `cfg` (a missing model is a user error), with the embedding grown
+    to `vocab_size` rows when tags were added as tokens."""
+    from transformers import AutoModelForCausalLM
+
     try:
         model = AutoModelForCausalLM.from_pretrained(
             resolve_model_path(cfg.name_or_path), revision=cfg.revision,
-            trust_remote_code=cfg.trust_remote_code, dtype=dtype, **kwargs,
+            trust_remote_code=cfg.trust_remote_code, **kwargs,
         )
     except (OSError, ValueError) as err:
         raise UserError(_missing_model_message(cfg.name_or_path, err)) from None

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .hardware import ResolvedPrecision
-from .loading import load_model, resolve_model_path
+from .loading import load_model, pretrained_model
 from .masks import IGNORE
 from .recipe import ModelConfig
 from .rundir import replace_dir
@@ -35,7 +35,7 @@ def merge_stage1(model_cfg: ModelConfig, adapter_dir: Path, out_dir: Path, token
 
     quantized = model_cfg.quantization == "nf4"
     vocab = len(tokenizer)
-    reference = load_model(model_cfg, precision, quantized=quantized, vocab_size=vocab)
+    reference = load_model(model_cfg, precision, vocab_size=vocab)
     reference = PeftModel.from_pretrained(reference, str(adapter_dir)).eval()
     # Without quantization the adapter saw the original weights: there is nothing to compare.
     candidates = CANDIDATES if quantized else ("original",)
@@ -47,7 +47,7 @@ def merge_stage1(model_cfg: ModelConfig, adapter_dir: Path, out_dir: Path, token
         tokenizer.save_pretrained(tmp)
         written[name] = tmp
         requantized = load_model(model_cfg.model_copy(update={"name_or_path": str(tmp), "revision": None}),
-                                 precision, quantized=quantized, vocab_size=vocab).eval()
+                                 precision, vocab_size=vocab).eval()
         kl[name] = mean_kl(reference, requantized, holdout)
         del requantized
     chosen = min(kl, key=kl.__getitem__) if choice == "auto" else choice
@@ -62,14 +62,8 @@ def merged_16bit(model_cfg: ModelConfig, adapter_dir: Path, base: str, vocab_siz
                  precision: ResolvedPrecision) -> Any:
     """The stage-1 adapter merged into 16-bit weights (the checkpoint's own dtype), on the CPU."""
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(
-        resolve_model_path(model_cfg.name_or_path), revision=model_cfg.revision,
-        trust_remote_code=model_cfg.trust_remote_code, dtype="auto",
-    )
-    if model.get_input_embeddings().num_embeddings < vocab_size:
-        model.resize_token_embeddings(vocab_size)
+    model = pretrained_model(model_cfg, vocab_size, dtype="auto")
     if base == "nf4":
         _round_trip_nf4(model, model_cfg, precision)
     return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
@@ -81,7 +75,7 @@ def _round_trip_nf4(model: Any, model_cfg: ModelConfig, precision: ResolvedPreci
     from the same dtype as in training so the values are exactly those the adapter saw."""
     import bitsandbytes as bnb
 
-    quantized = load_model(model_cfg, precision, quantized=True, vocab_size=0)
+    quantized = load_model(model_cfg, precision, vocab_size=0)  # model.quantization is nf4 here
     for name, module in quantized.named_modules():
         if isinstance(module, bnb.nn.Linear4bit):
             weight = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state)

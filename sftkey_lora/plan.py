@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .hardware import ResolvedPrecision, cuda_available, resolve_precision
-from .recipe import Recipe, StageConfig, TrainingConfig
+from .recipe import ModelConfig, Recipe, StageConfig, TrainingConfig
 from .strategies import STRATEGIES, LabelKind
 
 MERGED_DIR = "stage1-merged"
@@ -21,14 +21,14 @@ MERGED_DIR = "stage1-merged"
 class StagePlan:
     name: str
     labels: LabelKind
-    base: str  # `model.name_or_path`, or the merged stage-1 model
+    model: ModelConfig  # the recipe's model, or for stage 2 the merged stage-1 model
     config: StageConfig
     precision: ResolvedPrecision
     training_args: dict[str, Any]  # TrainingArguments field names and values
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "name": self.name, "labels": self.labels, "base": self.base,
+            "name": self.name, "labels": self.labels, "base": self.model.name_or_path,
             "lora": self.config.lora.model_dump(mode="json"),
             "precision": self.precision, "training_args": self.training_args,
         }
@@ -39,8 +39,9 @@ def plan_stages(recipe: Recipe, run_dir: Path) -> list[StagePlan]:
     for index, spec in enumerate(STRATEGIES[recipe.strategy].stages):
         config = recipe.stage(spec.name)
         precision = resolve_precision(config.training.precision)
-        base = recipe.model.name_or_path if index == 0 else str(run_dir / MERGED_DIR)
-        plans.append(StagePlan(spec.name, spec.labels, base, config, precision,
+        model = recipe.model if index == 0 else recipe.model.model_copy(
+            update={"name_or_path": str(run_dir / MERGED_DIR), "revision": None})
+        plans.append(StagePlan(spec.name, spec.labels, model, config, precision,
                                training_arguments(config.training, precision, run_dir,
                                                   pin_memory=cuda_available())))
     return plans

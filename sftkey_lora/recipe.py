@@ -28,7 +28,7 @@ Source = Literal["synthetic", "jsonl", "gsm8k", "openbookqa", "openr1_math", "co
 SegmentationRule = Literal["gsm8k", "answer_is", "boxed", "last_line"]
 StageName = Literal["stage1", "stage2"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
-# The `optim` values of TrainingArguments offered here; the 8-bit and paged ones need CUDA.
+# The `optim` values of TrainingArguments offered here (paged ones page only on a GPU).
 Optimizer = Literal["adamw_torch", "adamw_torch_fused", "adamw_bnb_8bit", "paged_adamw_8bit",
                     "paged_adamw_32bit", "adafactor", "sgd"]
 

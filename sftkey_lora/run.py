@@ -35,7 +35,7 @@ def run_recipe(recipe: Recipe, run_dir: Path, fresh: bool = False,
                say: Callable[[str], None] = lambda text: print(text, file=sys.stderr)) -> RunRecord:
     record = RunRecord.open(run_dir, recipe, fresh)
     plans = plan_stages(recipe, run_dir)
-    steps = [step for plan in plans for step in ([MERGE_STEP] if plan.name == "stage2" else []) + [plan.name]]
+    steps = [plan.name for plan in plans] + ([MERGE_STEP] if len(plans) > 1 else [])
     if all(record.status(step) == "complete" for step in steps):
         say(f"{run_dir}: every stage is complete (--fresh starts over)")
         say(summary_table(record))
@@ -81,11 +81,9 @@ def _train(recipe: Recipe, plan: StagePlan, record: RunRecord, tokenizer: Any, t
     if record.status(plan.name) != "running":
         remove_checkpoints(record.run_dir)  # left by an earlier stage, never this one's
     record.update_step(plan.name, status="running", started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    base = recipe.model
-    if plan.base != recipe.model.name_or_path:
-        base = recipe.model.model_copy(update={"name_or_path": plan.base, "revision": None})
-        tokenizer = load_tokenizer(base, recipe.format)
-    inputs = StageInputs(base, recipe.model.quantization == "nf4", tokenizer, train, holdout, new_ids)
+    if plan.model != recipe.model:  # stage 2 reads the merged model's own tokenizer
+        tokenizer = load_tokenizer(plan.model, recipe.format)
+    inputs = StageInputs(tokenizer, train, holdout, new_ids)
     outcome = train_stage(plan, inputs, record.run_dir)
     plot_stage_losses(outcome["log_history"], plan.name, record.run_dir / "plots" / f"{plan.name}_loss.png")
     record.update_step(plan.name, status="complete", **outcome)

@@ -85,16 +85,11 @@ def replace_dir(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
 
 
-def checkpoints(run_dir: Path) -> list[Path]:
-    """Trainer checkpoints of the stage in progress, oldest first."""
-    found = [p for p in run_dir.glob(f"{CHECKPOINT_PREFIX}*")
-             if p.is_dir() and p.name.removeprefix(CHECKPOINT_PREFIX).isdigit()]
-    return sorted(found, key=lambda p: int(p.name.removeprefix(CHECKPOINT_PREFIX)))
-
-
 def remove_checkpoints(run_dir: Path) -> None:
-    for path in checkpoints(run_dir):
-        shutil.rmtree(path)
+    """Delete the Trainer's `checkpoint-N/` folders, once their stage is complete."""
+    for path in run_dir.glob(f"{CHECKPOINT_PREFIX}*"):
+        if path.is_dir() and path.name.removeprefix(CHECKPOINT_PREFIX).isdigit():
+            shutil.rmtree(path)
 
 
 def package_versions() -> dict[str, str | None]:

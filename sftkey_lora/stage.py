@@ -7,7 +7,6 @@ stage that finds some resumes from the last one.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +20,11 @@ from .lora import attach_lora
 from .loss import causal_lm_loss
 from .masks import Encoded
 from .plan import StagePlan
-from .recipe import ModelConfig
-from .rundir import checkpoints, replace_dir
+from .rundir import replace_dir
 
 
 @dataclass(frozen=True)
 class StageInputs:
-    model: ModelConfig  # the base this stage loads (for stage 2: the merged stage-1 model)
-    quantized: bool
     tokenizer: Any
     train: list[Encoded]
     holdout: list[Encoded]
@@ -37,7 +33,8 @@ class StageInputs:
 
 def train_stage(plan: StagePlan, inputs: StageInputs, run_dir: Path) -> dict[str, Any]:
     """Train, save the adapter to `run_dir/<stage>/` atomically, and report what happened."""
-    from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
+    from transformers import PrinterCallback, Trainer, TrainerState, TrainingArguments, set_seed
+    from transformers.trainer_utils import get_last_checkpoint
 
     # Seeded before the model exists: new embedding rows and the adapter's initial weights
     # are drawn at creation, before the Trainer would seed anything.
@@ -45,7 +42,7 @@ def train_stage(plan: StagePlan, inputs: StageInputs, run_dir: Path) -> dict[str
     reset_peak_memory()
     started = time.perf_counter()
     tokenizer = inputs.tokenizer
-    model = load_model(inputs.model, plan.precision, quantized=inputs.quantized, vocab_size=len(tokenizer))
+    model = load_model(plan.model, plan.precision, vocab_size=len(tokenizer))
     model = attach_lora(model, plan.config.lora, new_token_ids=inputs.new_token_ids,
                         gradient_checkpointing=plan.config.training.gradient_checkpointing)
     probe_collate = Collator(pad_id(tokenizer), plan.labels, with_segments=True)
@@ -56,9 +53,9 @@ def train_stage(plan: StagePlan, inputs: StageInputs, run_dir: Path) -> dict[str
         compute_loss_func=causal_lm_loss, callbacks=[probe, StageProgress(plan.name)],
     )
     trainer.remove_callback(PrinterCallback)
-    resume = checkpoints(run_dir)
-    tokens_before = _tokens_seen(resume[-1]) if resume else 0
-    result = trainer.train(resume_from_checkpoint=str(resume[-1]) if resume else None)
+    resume = get_last_checkpoint(str(run_dir))
+    before = TrainerState.load_from_json(f"{resume}/trainer_state.json") if resume else TrainerState()
+    result = trainer.train(resume_from_checkpoint=resume)
 
     tmp = run_dir / f".{plan.name}.tmp"
     # Added tag rows are saved as the adapter's trainable tokens; the whole resized
@@ -67,12 +64,12 @@ def train_stage(plan: StagePlan, inputs: StageInputs, run_dir: Path) -> dict[str
     tokenizer.save_pretrained(tmp)
     replace_dir(tmp, run_dir / plan.name)
     seconds = time.perf_counter() - started
-    tokens = trainer.state.num_input_tokens_seen - tokens_before
+    tokens = trainer.state.num_input_tokens_seen - before.num_input_tokens_seen
     history = trainer.state.log_history
     probes = [entry for entry in history if KEY_KEY in entry]
     return {
         "labels": plan.labels, "steps": trainer.state.global_step,
-        "resumed_from": resume[-1].name if resume else None,
+        "resumed_from": Path(resume).name if resume else None,
         "seconds": round(seconds, 1), "train_seconds": round(result.metrics["train_runtime"], 1),
         "tokens": int(tokens), "tokens_per_second": round(tokens / result.metrics["train_runtime"], 1),
         **peak_memory(), "train_loss": round(result.training_loss, 5),
@@ -81,7 +78,3 @@ def train_stage(plan: StagePlan, inputs: StageInputs, run_dir: Path) -> dict[str
         "log_history": history,
     }
 
-
-def _tokens_seen(checkpoint: Path) -> int:
-    state = json.loads((checkpoint / "trainer_state.json").read_text())
-    return int(state.get("num_input_tokens_seen", 0))

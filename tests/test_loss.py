@@ -34,7 +34,8 @@ def rows(tiny_tokenizer):
 
 def lora_model(tokenizer, quantized: bool):
     torch.manual_seed(0)
-    model = load_model(ModelConfig(), "fp32", quantized=quantized, vocab_size=len(tokenizer))
+    cfg = ModelConfig(quantization="nf4" if quantized else "none")
+    model = load_model(cfg, "fp32", vocab_size=len(tokenizer))
     return attach_lora(model, LoraSection(r=4, dropout=0.0), gradient_checkpointing=False)
 
 

@@ -112,15 +112,15 @@ def test_merged_model_matches_the_stage1_model_within_the_recorded_kl(small_run)
     rows = encode_examples(examples, tokenizer, recipe.format, True, report)
     _, holdout = split_holdout(rows, recipe.data.holdout, recipe.stage("stage1").training.seed)
     probe = list(batches(holdout, 8, Collator(pad_id(tokenizer), "full")))
-    stage1 = load_model(recipe.model, "fp32", quantized=True, vocab_size=len(tokenizer))
+    stage1 = load_model(recipe.model, "fp32", vocab_size=len(tokenizer))
     stage1 = PeftModel.from_pretrained(stage1, str(run_dir / "stage1")).eval()
     merged_cfg = recipe.model.model_copy(update={"name_or_path": str(run_dir / "stage1-merged")})
-    merged = load_model(merged_cfg, "fp32", quantized=True, vocab_size=len(tokenizer)).eval()
+    merged = load_model(merged_cfg, "fp32", vocab_size=len(tokenizer)).eval()
     merge = record.data["steps"]["merge"]
     kl = mean_kl(stage1, merged, probe)
     assert kl == pytest.approx(merge["kl"][merge["base"]], rel=1e-3)
     assert kl < 0.05
-    base = load_model(recipe.model, "fp32", quantized=True, vocab_size=len(tokenizer)).eval()
+    base = load_model(recipe.model, "fp32", vocab_size=len(tokenizer)).eval()
     assert mean_kl(stage1, base, probe) > 10 * kl  # the adapter did change the model
 
 
