@@ -33,6 +33,12 @@ Optimizer = Literal["adamw_torch", "adamw_torch_fused", "adamw_bnb_8bit", "paged
                     "paged_adamw_32bit", "adafactor", "sgd"]
 
 
+def _existing_file(value: Path | None) -> Path | None:
+    if value is not None and not value.is_file():
+        raise ValueError(f"file not found: {value}")
+    return value
+
+
 class _Section(BaseModel):
     """Unknown keys are errors: a typo must never be silently ignored."""
 
@@ -71,12 +77,7 @@ class DataConfig(_Section):
     segmentation: list[SegmentationRule] = ["gsm8k", "answer_is", "boxed", "last_line"]
     synthetic: SyntheticConfig = SyntheticConfig()
 
-    @field_validator("path")
-    @classmethod
-    def _path_exists(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"file not found: {value}")
-        return value
+    _path_exists = field_validator("path")(lambda value: _existing_file(value))
 
     @field_validator("segmentation")
     @classmethod
@@ -142,6 +143,32 @@ class MergeConfig(_Section):
     base: Literal["auto", "original", "nf4"] = "auto"
 
 
+class JudgeConfig(_Section):
+    """An OpenAI-compatible chat endpoint (vLLM, TGI, a hosted API) asked the paper's
+    Appendix C.2 question: do the two responses give the same answer?"""
+
+    url: str  # the API base, e.g. http://localhost:8000/v1 (…/chat/completions is added)
+    model: str  # e.g. meta-llama/Meta-Llama-3-70B-Instruct
+    # The name of the environment variable holding the API key: a key never sits in a recipe.
+    api_key_env: str = "SFTKEY_JUDGE_API_KEY"
+    timeout: float = Field(60, gt=0)  # seconds per request; a timeout falls back to the exact check
+    workers: int = Field(4, gt=0)  # requests in flight at once
+
+
+class EvalConfig(_Section):
+    # lm-eval task names from `eval_tasks/`; `auto` is the task of `data.source`; [] skips eval.
+    tasks: list[str] | Literal["auto"] = "auto"
+    limit: int | None = Field(None, gt=0)  # examples per task (None: the whole test split)
+    # A local test file in the source's own schema, used instead of the hub (the jsonl task needs one).
+    path: Path | None = None
+    alpha: float = Field(0.7, ge=0, le=1)  # score = alpha·acc + (1 − alpha)·fmt
+    batch_size: int = Field(16, gt=0)  # prompts generated at once
+    max_gen_toks: int | None = Field(None, gt=0)  # None: each task's own limit
+    judge: JudgeConfig | None = None  # None: the deterministic check only
+
+    _path_exists = field_validator("path")(lambda value: _existing_file(value))
+
+
 class Recipe(_Section):
     name: str | None = None
     strategy: Strategy = "sftkey_tag"
@@ -152,6 +179,7 @@ class Recipe(_Section):
     training: TrainingConfig = TrainingConfig()
     stages: dict[StageName, StageConfig] = {}
     merge: MergeConfig = MergeConfig()
+    eval: EvalConfig = EvalConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -173,6 +201,17 @@ class Recipe(_Section):
             raise ValueError("merge.base: nf4 is the round trip of a 4-bit base; "
                              "it needs model.quantization: nf4")
         return self
+
+    @model_validator(mode="after")
+    def _jsonl_eval_needs_file(self) -> Recipe:
+        if self.eval.tasks == "auto" and self.data.source == "jsonl" and self.eval.path is None:
+            raise ValueError("eval.path: the jsonl source is evaluated on a test file of yours; "
+                             "set eval.path: my_test.jsonl, or eval.tasks: [] to skip evaluation")
+        return self
+
+    def eval_tasks(self) -> list[str]:
+        """The lm-eval tasks run after training."""
+        return [f"sftkey_{self.data.source}"] if self.eval.tasks == "auto" else list(self.eval.tasks)
 
     def stage(self, name: str) -> StageConfig:
         """The resolved settings of one stage."""

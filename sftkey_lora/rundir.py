@@ -23,6 +23,7 @@ from .recipe import Recipe
 
 RUN_FILE = "run.json"
 CHECKPOINT_PREFIX = "checkpoint-"
+EVAL_ONLY_SECTIONS = ("eval",)
 PACKAGES = ("sftkey-lora", "torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets")
 
 
@@ -43,11 +44,14 @@ class RunRecord:
         resolved = recipe.model_dump(mode="json")
         if file.exists():
             data = _read(file)
-            if data.get("recipe") != resolved:
-                keys = ", ".join(_differences(data.get("recipe") or {}, resolved)) or "its layout"
+            trained = _training_part(data.get("recipe") or {})
+            if trained != _training_part(resolved):
+                keys = ", ".join(_differences(trained, _training_part(resolved))) or "its layout"
                 raise UserError(f"{file}: this run directory holds a run of another recipe (differs in "
                                 f"{keys}); rerun with --fresh to start over, or choose another --output")
-            return cls(run_dir, data)
+            record = cls(run_dir, data)
+            record.update(recipe=resolved)  # evaluation settings may change between runs
+            return record
         run_dir.mkdir(parents=True, exist_ok=True)
         record = cls(run_dir, {
             "recipe": resolved, "versions": package_versions(), "git_commit": git_commit(),
@@ -120,6 +124,11 @@ def _read(file: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("steps"), dict):
         raise UserError(f"{file}: not a run record; rerun with --fresh to start over")
     return data
+
+
+def _training_part(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The recipe without the sections that do not change what is trained."""
+    return {key: value for key, value in recipe.items() if key not in EVAL_ONLY_SECTIONS}
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:

@@ -15,6 +15,7 @@ class Example:
     thinking: str
     answer: str
     id: str = ""
+    labels: tuple[str, ...] = ()  # the option letters of a multiple-choice question
 
 
 class BadRow(Exception):

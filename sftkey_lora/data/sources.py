@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 from ..errors import UserError, first_line
@@ -60,7 +61,7 @@ def openbookqa_row(row: dict[str, Any], cfg: DataConfig) -> Example:
     if fact:
         fact = fact[0].upper() + fact[1:] + ("" if fact.endswith(".") else ".") + " "
     thinking = f'{fact}The option that fits is "{options[key]}".'
-    return Example(prompt, thinking, key)
+    return Example(prompt, thinking, key, labels=tuple(options))
 
 
 def openr1_math_row(row: dict[str, Any], cfg: DataConfig) -> Example:
@@ -114,8 +115,7 @@ def load_examples(cfg: DataConfig, split: str | None = None) -> tuple[list[Examp
             report.drop(bad.reason, where, bad.detail)
             continue
         row_id = row.get("id")
-        examples.append(Example(example.prompt, example.thinking, example.answer,
-                                str(row_id) if row_id is not None else f"{cfg.source}:{where}"))
+        examples.append(replace(example, id=str(row_id) if row_id is not None else f"{cfg.source}:{where}"))
     report.used = len(examples)
     if not examples:
         raise UserError(f"data: no usable rows in {report.split}\n{report.format()}")

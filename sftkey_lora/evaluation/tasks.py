@@ -1,0 +1,134 @@
+"""The documents and per-sample metrics of the `sftkey_*` lm-eval tasks in `eval_tasks/`.
+
+lm-eval builds each task's documents through `custom_dataset`, passing the task metadata:
+the CLI's `--metadata` JSON merged with its `--model_args`. So prompts are rendered by the
+very code that rendered them in training: with `pretrained=RUN/stage1-merged` (or
+`peft=RUN/stage1`) the run's own recipe is found in `RUN/run.json`; without a run, the
+paper's base format (Appendix C.1 system prompt) applies.
+
+Metadata keys read here (all optional):
+  data_path    a local test file in the source's own schema, instead of the hub
+               (the `sftkey_jsonl` task needs one)
+  split        the hub split to evaluate on, instead of the task's own
+  recipe       a recipe YAML whose `format` and `data.synthetic` apply
+  alpha        the weight of acc in score (default 0.7)
+  answer_kind  `math`, `choice` or `text`: how `sftkey_jsonl` compares answers
+               (default: math when the reference reads as a number or LaTeX, else text)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..data import load_examples
+from ..errors import UserError
+from ..recipe import DataConfig, EvalConfig, FormatConfig, Recipe, load_recipe, validate_recipe
+from ..render import render_prompt
+from ..rundir import RUN_FILE
+from .answers import AnswerKind, grade
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    source: str  # the data source whose rows become documents
+    split: str | None  # the hub split evaluated (None: the task reads a local file only)
+    kind: AnswerKind | None  # None: inferred from each reference (the jsonl task)
+
+
+# OpenR1-Math-220k and CoT-Collection have only a train split: their last 500 rows are the
+# test set, apart from the first rows the shipped recipes train on (`data.limit`).
+TASKS: dict[str, TaskSpec] = {
+    "sftkey_synthetic": TaskSpec("synthetic", "test", "math"),
+    "sftkey_gsm8k": TaskSpec("gsm8k", "test", "math"),
+    "sftkey_openbookqa": TaskSpec("openbookqa", "test", "choice"),
+    "sftkey_openr1_math": TaskSpec("openr1_math", "train[-500:]", "math"),
+    "sftkey_cot_collection": TaskSpec("cot_collection", "train[-500:]", "text"),
+    "sftkey_jsonl": TaskSpec("jsonl", None, None),
+}
+_MATH_LIKE = re.compile(r"\s*-?[\d.,]+\s*|\s*\$?\\.*")
+
+
+def build_docs(task: str, metadata: dict[str, Any]) -> dict[str, Any]:
+    """{"test": a `datasets.Dataset` of documents}: id, question, prompt, reference, kind,
+    labels, alpha."""
+    import datasets
+
+    spec = TASKS[task]
+    recipe = recipe_from_metadata(metadata)
+    data_path = metadata.get("data_path") or _recipe_eval_path(recipe, spec.source)
+    if spec.source == "jsonl" and not data_path:
+        raise UserError(f"{task}: give the test file as --metadata '{{\"data_path\": \"test.jsonl\"}}' "
+                        "(or eval.path in the recipe)")
+    data = DataConfig(
+        source=spec.source,  # type: ignore[arg-type]
+        path=Path(data_path) if data_path else None,
+        split=metadata.get("split") or spec.split or "test",
+        synthetic=recipe.data.synthetic if recipe else DataConfig().synthetic,
+    )
+    examples, _ = load_examples(data)
+    fmt = recipe.format if recipe else FormatConfig()
+    tokenizer = _chat_tokenizer(fmt, recipe, metadata)
+    alpha = float(metadata.get("alpha", EvalConfig().alpha))
+    docs = [{
+        "id": example.id, "question": example.prompt,
+        "prompt": render_prompt(example.prompt, fmt, tokenizer), "reference": example.answer,
+        "kind": spec.kind or metadata.get("answer_kind") or infer_kind(example.answer),
+        "labels": list(example.labels), "alpha": alpha,
+    } for example in examples]
+    return {"test": datasets.Dataset.from_list(docs)}
+
+
+def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
+    """lm-eval's per-sample metrics; each is averaged over the task."""
+    graded = grade(results[0], doc["reference"], doc["kind"], tuple(doc["labels"]))
+    alpha = doc["alpha"]
+    return {"acc": float(graded.acc), "fmt": float(graded.fmt),
+            "score": alpha * graded.acc + (1 - alpha) * graded.fmt}
+
+
+def infer_kind(reference: str) -> AnswerKind:
+    return "math" if _MATH_LIKE.fullmatch(reference) else "text"
+
+
+def recipe_from_metadata(metadata: dict[str, Any]) -> Recipe | None:
+    """The recipe named by `recipe`, or the one recorded beside `pretrained` / `peft`."""
+    if metadata.get("recipe"):
+        return load_recipe(metadata["recipe"])
+    for key in ("peft", "pretrained"):
+        value = metadata.get(key)
+        if isinstance(value, str) and (Path(value).parent / RUN_FILE).is_file():
+            return recipe_of_run(Path(value).parent)
+    return None
+
+
+def recipe_of_run(run_dir: Path) -> Recipe:
+    file = run_dir / RUN_FILE
+    try:
+        recorded = json.loads(file.read_text(encoding="utf-8"))["recipe"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{file}: no readable recipe in it ({err})") from None
+    return validate_recipe(recorded, source=str(file))
+
+
+def _recipe_eval_path(recipe: Recipe | None, source: str) -> Path | None:
+    if recipe is None or recipe.data.source != source:
+        return None
+    return recipe.eval.path
+
+
+def _chat_tokenizer(fmt: FormatConfig, recipe: Recipe | None, metadata: dict[str, Any]) -> Any:
+    """The tokenizer whose chat template renders prompts, when the format asks for one."""
+    if fmt.template != "chat":
+        return None
+    from ..loading import load_tokenizer
+
+    model = recipe.model if recipe else None
+    name = metadata.get("pretrained") or (model.name_or_path if model else None)
+    if not isinstance(name, str):
+        raise UserError("format.template: chat needs the model's tokenizer; pass pretrained=PATH")
+    base = model or Recipe().model
+    return load_tokenizer(base.model_copy(update={"name_or_path": name}), fmt)
