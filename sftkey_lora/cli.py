@@ -42,6 +42,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print the resolved plan of every stage; load no model or data")
     run.add_argument("--json", action="store_true", help="print JSON (the plan, or run.json at the end)")
 
+    evaluate = commands.add_parser("eval", help="evaluate a run (or any model) on the sftkey_* lm-eval tasks")
+    evaluate.add_argument("target", help="a run directory, or a model (hub id, directory, builtin:tiny)")
+    evaluate.add_argument("--tasks", type=_task_list, default=None,
+                          help="comma-separated lm-eval tasks (default: the recipe's eval.tasks)")
+    evaluate.add_argument("--limit", type=int, default=None, help="examples per task (default: all)")
+    evaluate.add_argument("--recipe", type=Path, default=None,
+                          help="for a model: the recipe whose format, quantization and eval settings apply")
+    evaluate.add_argument("--output", type=Path, default=None,
+                          help="for a model: where results go (default: evals/<model name>); "
+                               "a run's go into its directory")
+    evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                          help="override a recipe field, e.g. eval.alpha=0.5")
+
     tiny = commands.add_parser("build-tiny", help="rebuild the built-in tiny model from scratch")
     tiny.add_argument("--output", type=Path, default=None,
                       help="where to write it (default: the package's builtin/tiny)")
@@ -91,6 +104,34 @@ def _plan_text(plan: dict) -> str:
     return "\n".join(lines)
 
 
+def _task_list(text: str) -> list[str]:
+    return [task.strip() for task in text.split(",") if task.strip()]
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from .evaluation.runner import evaluate_model, evaluate_run
+    from .recipe import Recipe, apply_override, validate_recipe
+    from .rundir import RUN_FILE, RunRecord, recorded_recipe
+
+    if args.limit is not None and args.limit < 1:
+        raise UserError("--limit: must be at least 1")
+    target = Path(args.target)
+    if (target / RUN_FILE).is_file():
+        if args.recipe or args.output:
+            raise UserError("--recipe / --output: a run is evaluated with its own recipe, into its directory")
+        recipe = recorded_recipe(target, args.overrides)
+        record = RunRecord.open(target, recipe, fresh=False)  # refuses a change to what was trained
+        evaluate_run(recipe, record, args.tasks, args.limit)
+        return
+    raw = (load_recipe(args.recipe) if args.recipe else Recipe()).model_dump(mode="json")
+    raw["model"]["name_or_path"] = args.target
+    for item in args.overrides:
+        apply_override(raw, item)
+    recipe = validate_recipe(raw, source=str(args.recipe or "eval"))
+    output = args.output or Path("evals") / Path(args.target.removeprefix("builtin:")).name
+    evaluate_model(recipe, output, args.tasks, args.limit)
+
+
 def cmd_build_tiny(args: argparse.Namespace) -> None:
     from .loading import BUILTIN_DIR
     from .tiny_model import build_tiny
@@ -101,7 +142,7 @@ def cmd_build_tiny(args: argparse.Namespace) -> None:
     print(json.dumps({"output": str(output), **summary}))
 
 
-COMMANDS = {"inspect": cmd_inspect, "run": cmd_run, "build-tiny": cmd_build_tiny}
+COMMANDS = {"inspect": cmd_inspect, "run": cmd_run, "eval": cmd_eval, "build-tiny": cmd_build_tiny}
 
 
 def main(argv: list[str] | None = None) -> int:

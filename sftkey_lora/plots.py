@@ -1,4 +1,4 @@
-"""Loss curves as PNG: training loss and held-out thinking / key loss per step."""
+"""Figures as PNG: loss curves per segment and per strategy, and acc / fmt / score bars."""
 
 from __future__ import annotations
 
@@ -12,11 +12,7 @@ CURVES = (("loss", "training loss (stage labels)"), (THINKING_KEY, "held-out thi
 
 
 def plot_stage_losses(history: list[dict[str, Any]], stage: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for key, label in CURVES:
         points = [(entry["step"], entry[key]) for entry in history if key in entry]
@@ -26,6 +22,73 @@ def plot_stage_losses(history: list[dict[str, Any]], stage: str, path: Path) -> 
            yscale="log")  # losses fall by orders of magnitude
     ax.grid(alpha=0.3)
     ax.legend()
+    _save(fig, plt, path)
+
+
+def plot_metric_bars(results: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
+    """acc, fmt and score side by side: per task (and their average), a bar per row label
+    (one run, or one strategy of a comparison)."""
+    plt = _pyplot()
+    metrics = ("acc", "fmt", "score")
+    labels = list(results)
+    columns = task_columns(results) + ["average"]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), sharey=True)
+    width = 0.8 / len(labels)
+    for ax, metric in zip(axes, metrics, strict=True):
+        for index, label in enumerate(labels):
+            values = [cell(results[label], column, metric) for column in columns]
+            ax.bar([x + index * width for x in range(len(columns))], values, width, label=label)
+        ax.set_xticks([x + width * (len(labels) - 1) / 2 for x in range(len(columns))],
+                      [c.removeprefix("sftkey_") for c in columns], rotation=20)
+        ax.set(title=metric, ylim=(0, 1.05))
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize="small")
+    _save(fig, plt, path)
+
+
+def plot_key_loss_curves(histories: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    """Held-out key-token loss against training progress, one curve per strategy (the
+    paper's Figure 3); each strategy's stages follow one another on the x axis."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for label, history in histories.items():
+        points = [(entry["step"], entry[KEY_KEY]) for entry in history if KEY_KEY in entry]
+        if points:
+            ax.plot(*zip(*points, strict=True), marker=".", label=label)
+    ax.set(title="held-out key-token loss", xlabel="optimizer step (stages in sequence)",
+           ylabel="cross-entropy (nats/token)", yscale="log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, plt, path)
+
+
+def task_columns(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """The tasks measured in any row, in first-seen order; groups (which hold `tasks`) left out."""
+    seen: dict[str, None] = {}
+    for metrics in results.values():
+        seen.update({task: None for task, values in metrics.items() if "tasks" not in values})
+    return list(seen)
+
+
+def cell(metrics: dict[str, dict[str, float]], column: str, metric: str) -> float:
+    """One task's figure, or for `average` the mean over the row's tasks."""
+    if column != "average":
+        return metrics.get(column, {}).get(metric, float("nan"))
+    values = [values[metric] for values in metrics.values() if "tasks" not in values]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, plt: Any, path: Path) -> None:
+    """Write the figure under a temporary name, then rename: never a half-written PNG."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp, dpi=120, bbox_inches="tight")

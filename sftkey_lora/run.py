@@ -1,7 +1,8 @@
 """`sftkey-lora run`: every stage of a strategy, resumable, recorded in `run.json`.
 
 sftkey_tag: stage1 (adapter on the 4-bit base, full labels) -> merge into 16-bit
-`stage1-merged/` -> stage2 (fresh adapter on the 4-bit merged model, key labels only).
+`stage1-merged/` -> stage2 (fresh adapter on the 4-bit merged model, key labels only)
+-> evaluation on the recipe's lm-eval tasks (`eval`).
 Completed steps are skipped when the same command runs again; a stage interrupted
 mid-way resumes from its last `checkpoint-N/`.
 """
@@ -18,6 +19,7 @@ from typing import Any
 from .collate import Collator, batches, pad_id
 from .data import load_examples
 from .errors import UserError
+from .evaluation.runner import EVAL_STEP, evaluate_run
 from .loading import load_tokenizer
 from .masks import Encoded, encode_examples
 from .merge import merge_stage1
@@ -33,13 +35,23 @@ MERGE_STEP = "merge"
 
 def run_recipe(recipe: Recipe, run_dir: Path, fresh: bool = False,
                say: Callable[[str], None] = lambda text: print(text, file=sys.stderr)) -> RunRecord:
+    """Train every stage not yet complete, then evaluate unless this evaluation is recorded."""
     record = RunRecord.open(run_dir, recipe, fresh)
     plans = plan_stages(recipe, run_dir)
     steps = [plan.name for plan in plans] + ([MERGE_STEP] if len(plans) > 1 else [])
     if all(record.status(step) == "complete" for step in steps):
         say(f"{run_dir}: every stage is complete (--fresh starts over)")
-        say(summary_table(record))
-        return record
+    else:
+        _train_stages(recipe, plans, record, say)
+    summary = summary_table(record)
+    say(summary)
+    if recipe.eval_tasks() and not _evaluated(recipe, record):
+        evaluate_run(recipe, record, training=summary, say=say)
+    return record
+
+
+def _train_stages(recipe: Recipe, plans: list[StagePlan], record: RunRecord,
+                  say: Callable[[str], None]) -> None:
     tokenizer = load_tokenizer(recipe.model, recipe.format)
     train, holdout = _training_data(recipe, tokenizer, record)
     adds_tags = recipe.format.tags == "added_tokens" and STRATEGIES[recipe.strategy].tagged
@@ -50,8 +62,13 @@ def run_recipe(recipe: Recipe, run_dir: Path, fresh: bool = False,
         if record.status(plan.name) == "complete":
             continue
         _train(recipe, plan, record, tokenizer, train, holdout, new_ids if plan.name == "stage1" else [])
-    say(summary_table(record))
-    return record
+
+
+def _evaluated(recipe: Recipe, record: RunRecord) -> bool:
+    """Whether run.json records a finished evaluation with the recipe's present settings."""
+    step = record.data["steps"].get(EVAL_STEP, {})
+    return (step.get("status") == "complete" and step.get("tasks") == recipe.eval_tasks()
+            and step.get("eval") == recipe.eval.model_dump(mode="json"))
 
 
 def _training_data(recipe: Recipe, tokenizer: Any, record: RunRecord) -> tuple[list[Encoded], list[Encoded]]:
@@ -105,6 +122,8 @@ def summary_table(record: RunRecord) -> str:
     """Per step: status, wall time, training tokens/s, peak memory, held-out key loss."""
     rows = [("step", "status", "time", "tokens/s", "peak memory", "held-out key loss")]
     for name, step in record.data["steps"].items():
+        if name == EVAL_STEP:
+            continue
         if name == MERGE_STEP:
             kl = ", ".join(f"{k} {v:.3g}" for k, v in step.get("kl", {}).items())
             rows.append((name, step.get("status", ""), f"{step.get('seconds', 0):.0f} s", "",

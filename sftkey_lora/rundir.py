@@ -19,7 +19,7 @@ from typing import Any
 
 from .errors import UserError, first_line
 from .hardware import device_summary
-from .recipe import Recipe
+from .recipe import Recipe, apply_override, validate_recipe
 
 RUN_FILE = "run.json"
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -74,6 +74,17 @@ class RunRecord:
 
     def save(self) -> None:
         write_json_atomic(self.run_dir / RUN_FILE, self.data)
+
+
+def recorded_recipe(run_dir: Path, overrides: list[str] | None = None) -> Recipe:
+    """The recipe a run directory was trained with, with `dotted.key=value` overrides."""
+    file = run_dir / RUN_FILE
+    raw = _read(file).get("recipe")
+    if not isinstance(raw, dict):
+        raise UserError(f"{file}: holds no recipe; rerun with --fresh to start over")
+    for item in overrides or []:
+        apply_override(raw, item)
+    return validate_recipe(raw, source=str(file))
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

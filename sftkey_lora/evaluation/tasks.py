@@ -10,7 +10,8 @@ Metadata keys read here (all optional):
   data_path    a local test file in the source's own schema, instead of the hub
                (the `sftkey_jsonl` task needs one)
   split        the hub split to evaluate on, instead of the task's own
-  recipe       a recipe YAML whose `format` and `data.synthetic` apply
+  recipe       a recipe whose `format` and `data.synthetic` apply: a YAML file, or the
+               resolved recipe as a mapping (as `sftkey-lora eval` passes it)
   alpha        the weight of acc in score (default 0.7)
   answer_kind  `math`, `choice` or `text`: how `sftkey_jsonl` compares answers
                (default: math when the reference reads as a number or LaTeX, else text)
@@ -18,7 +19,6 @@ Metadata keys read here (all optional):
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +28,7 @@ from ..data import load_examples
 from ..errors import UserError
 from ..recipe import DataConfig, EvalConfig, FormatConfig, Recipe, load_recipe, validate_recipe
 from ..render import render_prompt
-from ..rundir import RUN_FILE
+from ..rundir import RUN_FILE, recorded_recipe
 from .answers import AnswerKind, grade
 
 
@@ -96,22 +96,16 @@ def infer_kind(reference: str) -> AnswerKind:
 
 def recipe_from_metadata(metadata: dict[str, Any]) -> Recipe | None:
     """The recipe named by `recipe`, or the one recorded beside `pretrained` / `peft`."""
-    if metadata.get("recipe"):
-        return load_recipe(metadata["recipe"])
+    given = metadata.get("recipe")
+    if isinstance(given, dict):
+        return validate_recipe(given, source="metadata recipe")
+    if given:
+        return load_recipe(given)
     for key in ("peft", "pretrained"):
         value = metadata.get(key)
         if isinstance(value, str) and (Path(value).parent / RUN_FILE).is_file():
-            return recipe_of_run(Path(value).parent)
+            return recorded_recipe(Path(value).parent)
     return None
-
-
-def recipe_of_run(run_dir: Path) -> Recipe:
-    file = run_dir / RUN_FILE
-    try:
-        recorded = json.loads(file.read_text(encoding="utf-8"))["recipe"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise UserError(f"{file}: no readable recipe in it ({err})") from None
-    return validate_recipe(recorded, source=str(file))
 
 
 def _recipe_eval_path(recipe: Recipe | None, source: str) -> Path | None:

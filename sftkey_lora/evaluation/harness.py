@@ -1,0 +1,108 @@
+"""Run the `sftkey_*` lm-eval tasks on a loaded model and write what they measured.
+
+The model is passed to lm-eval already loaded (`HFLM(pretrained=model, tokenizer=tok)`):
+a 4-bit base with its adapter cannot be described by `model_args` since transformers 5.
+Writes `metrics.json` ({task: {acc, fmt, score, …}}) and `samples/<task>.jsonl`
+(lm-eval's per-sample records, plus the answer as extracted and the judge's verdict).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from ..recipe import EvalConfig
+from ..rundir import replace_dir, write_json_atomic
+from .answers import grade
+from .judge import Case, judge_all
+
+TASKS_DIR = Path(__file__).resolve().parents[2] / "eval_tasks"
+METRICS_FILE = "metrics.json"
+SAMPLES_DIR = "samples"
+METRICS = ("acc", "fmt", "score")
+
+
+def task_manager(metadata: dict[str, Any]):
+    from lm_eval.tasks import TaskManager
+
+    if not (TASKS_DIR / "_sftkey_template_yaml").is_file():
+        raise UserError(f"eval: the task definitions are not at {TASKS_DIR}; evaluation runs from a "
+                        "checkout of sftkey-lora (pip install -e .)")
+    return TaskManager(include_path=str(TASKS_DIR), metadata=metadata)
+
+
+def evaluate(model: Any, tokenizer: Any, tasks: list[str], cfg: EvalConfig, metadata: dict[str, Any],
+             out_dir: Path, limit: int | None = None,
+             say: Callable[[str], None] = lambda text: print(text, file=sys.stderr)) -> dict[str, Any]:
+    """Generate, grade (and judge), then write metrics.json and samples/; returns the metrics."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    manager = task_manager({**metadata, "alpha": cfg.alpha})
+    unknown = [task for task in tasks if task not in manager.all_tasks]
+    if unknown:
+        known = sorted(name for name in manager.all_tasks if name.startswith("sftkey"))
+        raise UserError(f"eval.tasks: unknown task {', '.join(unknown)} (ours: {', '.join(known)})")
+    started = time.perf_counter()
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size)
+    output = simple_evaluate(
+        model=lm, tasks=tasks, task_manager=manager, limit=limit, log_samples=True,
+        gen_kwargs={"max_gen_toks": cfg.max_gen_toks} if cfg.max_gen_toks else None,
+    )
+    metrics: dict[str, Any] = {}
+    samples: dict[str, list[dict[str, Any]]] = {}
+    for task, records in output["samples"].items():
+        samples[task], metrics[task] = _grade_task(records, cfg, say)
+        say(f"{task}: acc {metrics[task]['acc']:.3f}  fmt {metrics[task]['fmt']:.3f}  "
+            f"score {metrics[task]['score']:.3f}  (n={metrics[task]['n']})")
+    for group, members in output.get("group_subtasks", {}).items():
+        if members and all(member in metrics for member in members):
+            metrics[group] = {name: statistics.fmean(metrics[m][name] for m in members) for name in METRICS}
+            metrics[group]["tasks"] = list(members)
+    _write(out_dir, metrics, samples)
+    say(f"evaluated {', '.join(tasks)} in {time.perf_counter() - started:.0f} s")
+    return metrics
+
+
+def _grade_task(records: list[dict[str, Any]], cfg: EvalConfig,
+                say: Callable[[str], None]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Per-sample rows and the task's means; the judge's verdict, where it gives one, is acc."""
+    rows = []
+    for record in records:
+        doc, output = record["doc"], record["resps"][0][0]
+        graded = grade(output, doc["reference"], doc["kind"], tuple(doc["labels"]))
+        rows.append({**record, "output": output, "extracted": graded.extracted, "acc_exact": record["acc"]})
+    judged: dict[str, Any] = {}
+    if cfg.judge is not None and rows:
+        cases = [Case(row["doc"]["question"], row["doc"]["reference"], row["output"]) for row in rows]
+        verdicts, judged = judge_all(cfg.judge, cases)
+        failed = len(rows) - judged["yes"] - judged["no"]
+        if failed:
+            say(f"judge: {failed} of {len(rows)} samples without a verdict {judged}; "
+                "they keep the exact check")
+        for row, verdict in zip(rows, verdicts, strict=True):
+            row["judge"] = verdict
+            if verdict is not None:
+                row["acc"] = float(verdict)
+                row["score"] = cfg.alpha * row["acc"] + (1 - cfg.alpha) * row["fmt"]
+    means = {name: statistics.fmean(row[name] for row in rows) if rows else 0.0 for name in METRICS}
+    means["acc_exact"] = statistics.fmean(row["acc_exact"] for row in rows) if rows else 0.0
+    return rows, {**means, "n": len(rows), "alpha": cfg.alpha, **({"judge": judged} if judged else {})}
+
+
+def _write(out_dir: Path, metrics: dict[str, Any], samples: dict[str, list[dict[str, Any]]]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f".{SAMPLES_DIR}.tmp"
+    tmp.mkdir(exist_ok=True)
+    for task, rows in samples.items():
+        with (tmp / f"{task}.jsonl").open("w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+    replace_dir(tmp, out_dir / SAMPLES_DIR)
+    write_json_atomic(out_dir / METRICS_FILE, metrics)

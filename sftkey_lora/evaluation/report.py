@@ -1,0 +1,61 @@
+"""`report.md` and the bar chart of a run's evaluation, and the tables of a comparison, in
+the form of the paper's Table 1: a row per model or strategy, a column per task, then the
+average; against a baseline row, the relative change in parentheses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..plots import cell, plot_metric_bars, task_columns
+
+Results = dict[str, dict[str, dict[str, Any]]]  # row label -> task -> {acc, fmt, score, ...}
+REPORT_FILE = "report.md"
+BARS_FILE = "plots/eval_metrics.png"
+
+
+def results_table(results: Results, metric: str, baseline: str | None = None) -> str:
+    """A Markdown table of one metric; with `baseline`, each cell of the other rows also gives
+    its relative change against that row."""
+    columns = task_columns(results) + ["average"]
+    lines = ["| | " + " | ".join(c.removeprefix("sftkey_") for c in columns) + " |",
+             "|---|" + "---:|" * len(columns)]
+    for label, metrics in results.items():
+        cells = []
+        for column in columns:
+            value = cell(metrics, column, metric)
+            text = f"{value:.3f}"
+            if baseline is not None and label != baseline:
+                base = cell(results[baseline], column, metric)
+                if base == base and base != 0 and value == value:  # both measured (not NaN)
+                    text += f" ({(value - base) / base:+.1%})"
+            cells.append(text)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_run_report(out_dir: Path, label: str, metrics: dict[str, dict[str, Any]],
+                     described: str, training: str | None = None) -> Path:
+    """report.md of one evaluated model (and its training, for a run) and its bar chart."""
+    results = {label: metrics}
+    plot_metric_bars(results, out_dir / BARS_FILE)
+    alpha = next((values["alpha"] for values in metrics.values() if "alpha" in values), 0.7)
+    parts = [f"# {label}: evaluation", "", described, ""]
+    for metric, title in (("score", f"Score = {alpha:g}·acc + {1 - alpha:g}·fmt"), ("acc", "Accuracy"),
+                          ("fmt", "Format adherence")):
+        parts += [f"## {title}", "", results_table(results, metric), ""]
+    parts += ["Per task: " + ", ".join(f"{task} n={values['n']}" for task, values in metrics.items()
+                                       if "n" in values), ""]
+    judged = {task: values["judge"] for task, values in metrics.items() if "judge" in values}
+    if judged:
+        parts += ["Judge verdicts (samples without one keep the exact check): " +
+                  "; ".join(f"{task} {counts}" for task, counts in judged.items()), ""]
+    if training:
+        parts += ["## Training", "", "```", training, "```", ""]
+    plots = sorted(path.name for path in (out_dir / "plots").glob("*.png"))
+    parts += ["## Plots", ""] + [f"![{name}](plots/{name})" for name in plots]
+    path = out_dir / REPORT_FILE
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("\n".join(parts) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
