@@ -42,6 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print the resolved plan of every stage; load no model or data")
     run.add_argument("--json", action="store_true", help="print JSON (the plan, or run.json at the end)")
 
+    comparison = commands.add_parser("compare", help="train and evaluate sft, sft_tag, key_tag and "
+                                     "sftkey_tag with the recipe's settings; write the comparison")
+    _recipe_args(comparison)
+    comparison.add_argument("--output", type=Path, default=None,
+                            help="directory of the four runs and the comparison "
+                                 "(default: adapters/<recipe name>-compare)")
+    comparison.add_argument("--fresh", action="store_true", help="start every strategy's run over")
+
     evaluate = commands.add_parser("eval", help="evaluate a run (or any model) on the sftkey_* lm-eval tasks")
     evaluate.add_argument("target", help="a run directory, or a model (hub id, directory, builtin:tiny)")
     evaluate.add_argument("--tasks", type=_task_list, default=None,
@@ -104,6 +112,14 @@ def _plan_text(plan: dict) -> str:
     return "\n".join(lines)
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    from .compare import compare
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    output = args.output or Path("adapters") / f"{recipe.name or args.recipe.stem}-compare"
+    compare(recipe, output, args.fresh)
+
+
 def _task_list(text: str) -> list[str]:
     return [task.strip() for task in text.split(",") if task.strip()]
 
@@ -142,7 +158,8 @@ def cmd_build_tiny(args: argparse.Namespace) -> None:
     print(json.dumps({"output": str(output), **summary}))
 
 
-COMMANDS = {"inspect": cmd_inspect, "run": cmd_run, "eval": cmd_eval, "build-tiny": cmd_build_tiny}
+COMMANDS = {"inspect": cmd_inspect, "run": cmd_run, "eval": cmd_eval, "compare": cmd_compare,
+            "build-tiny": cmd_build_tiny}
 
 
 def main(argv: list[str] | None = None) -> int:

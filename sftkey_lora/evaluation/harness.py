@@ -58,7 +58,7 @@ def evaluate(model: Any, tokenizer: Any, tasks: list[str], cfg: EvalConfig, meta
     metrics: dict[str, Any] = {}
     samples: dict[str, list[dict[str, Any]]] = {}
     for task, records in output["samples"].items():
-        samples[task], metrics[task] = _grade_task(records, cfg, say)
+        samples[task], metrics[task] = grade_samples(records, cfg, say)
         say(f"{task}: acc {metrics[task]['acc']:.3f}  fmt {metrics[task]['fmt']:.3f}  "
             f"score {metrics[task]['score']:.3f}  (n={metrics[task]['n']})")
     for group, members in output.get("group_subtasks", {}).items():
@@ -70,7 +70,7 @@ def evaluate(model: Any, tokenizer: Any, tasks: list[str], cfg: EvalConfig, meta
     return metrics
 
 
-def _grade_task(records: list[dict[str, Any]], cfg: EvalConfig,
+def grade_samples(records: list[dict[str, Any]], cfg: EvalConfig,
                 say: Callable[[str], None]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Per-sample rows and the task's means; the judge's verdict, where it gives one, is acc."""
     rows = []

@@ -19,6 +19,7 @@ Metadata keys read here (all optional):
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,7 @@ TASKS: dict[str, TaskSpec] = {
     "sftkey_cot_collection": TaskSpec("cot_collection", "train[-500:]", "text"),
     "sftkey_jsonl": TaskSpec("jsonl", None, None),
 }
-_MATH_LIKE = re.compile(r"\s*-?[\d.,]+\s*|\s*\$?\\.*")
+_MATH_LIKE = re.compile(r"\s*-?[\d.,]+\s*|.*[\\$^].*", re.DOTALL)  # a number, or LaTeX
 
 
 def build_docs(task: str, metadata: dict[str, Any]) -> dict[str, Any]:
@@ -69,7 +70,9 @@ def build_docs(task: str, metadata: dict[str, Any]) -> dict[str, Any]:
         split=metadata.get("split") or spec.split or "test",
         synthetic=recipe.data.synthetic if recipe else DataConfig().synthetic,
     )
-    examples, _ = load_examples(data)
+    examples, report = load_examples(data)
+    if report.dropped:  # a smaller test set changes every figure: say so
+        logging.getLogger(__name__).warning("%s: %s", task, report.format())
     fmt = recipe.format if recipe else FormatConfig()
     tokenizer = _chat_tokenizer(fmt, recipe, metadata)
     alpha = float(metadata.get("alpha", EvalConfig().alpha))

@@ -1,0 +1,120 @@
+"""The LLM judge against a real OpenAI-compatible HTTP server on loopback, started here."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from sftkey_lora.evaluation.harness import grade_samples
+from sftkey_lora.evaluation.judge import Case, JudgeFailure, judge_all, parse_reply
+from sftkey_lora.recipe import EvalConfig, JudgeConfig
+
+SECRET = "sk-test-never-written"
+
+
+class FakeJudge(BaseHTTPRequestHandler):
+    """Behaves by a word in the question: SLOW (past the timeout), BROKEN (HTTP 500),
+    GARBAGE (neither yes nor no), NOJSON (a body that is not JSON); otherwise says yes when
+    the reference appears in the response."""
+
+    seen: list[tuple[str | None, dict]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 (the http.server hook's name)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        FakeJudge.seen.append((self.headers.get("Authorization"), body))
+        prompt = body["messages"][0]["content"]
+        question = prompt.split("**Question**:\n")[1].split("\n")[0]
+        first = prompt.split("**Response 1**:\n")[1].split("\n")[0]
+        second = prompt.split("**Response 2**:\n")[1].split("\n\nPlease")[0]
+        if "SLOW" in question:
+            time.sleep(1.5)
+        if "BROKEN" in question:
+            self.send_error(500, "model crashed")
+            return
+        reply = {"GARBAGE": "Perhaps."}.get(question, "Yes." if first in second else "No.")
+        payload = b"not json" if "NOJSON" in question else json.dumps(
+            {"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+        except BrokenPipeError:  # the client timed out and hung up, as the SLOW case means it to
+            pass
+
+    def log_message(self, *args) -> None:  # keep the test output quiet
+        pass
+
+
+@pytest.fixture(scope="module")
+def judge_url():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeJudge)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+
+
+def config(url: str, **extra) -> JudgeConfig:
+    return JudgeConfig(url=url, model="judge-70b", timeout=0.5, workers=3, **extra)
+
+
+def test_verdicts_and_failures_are_counted(judge_url, monkeypatch) -> None:
+    monkeypatch.setenv("SFTKEY_JUDGE_API_KEY", SECRET)
+    FakeJudge.seen.clear()
+    cases = [Case("q1", "7", "so it is 7"), Case("q2", "7", "it is 8"), Case("SLOW", "7", "7"),
+             Case("BROKEN", "7", "7"), Case("GARBAGE", "7", "7"), Case("NOJSON", "7", "7")]
+    verdicts, tally = judge_all(config(judge_url), cases)
+    assert verdicts == [True, False, None, None, None, None]
+    assert tally == {"yes": 1, "no": 1, "timeout": 1, "error": 2, "unparseable": 1}
+    auth, body = FakeJudge.seen[0]
+    assert auth == f"Bearer {SECRET}"  # the key from the environment, sent as a bearer token
+    assert body["model"] == "judge-70b" and body["temperature"] == 0
+    assert "determine whether the answers in the two responses" in body["messages"][0]["content"]
+
+
+def test_an_endpoint_that_is_down_never_stops_the_evaluation() -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    verdicts, tally = judge_all(config(f"http://127.0.0.1:{port}/v1"), [Case("q", "7", "7")] * 3)
+    assert verdicts == [None] * 3 and tally["error"] == 3
+
+
+def test_judge_verdicts_replace_the_exact_check_where_given(judge_url, monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("SFTKEY_JUDGE_API_KEY", SECRET)
+    doc = {"reference": "7", "kind": "math", "labels": [], "alpha": 0.7}
+    outputs = {"q1": "<Thinking>x</Thinking><Answer>seven, i.e. 7</Answer>",  # judge: yes
+               "q2": "<Thinking>x</Thinking><Answer>7 or 8</Answer>",  # judge: no (exact check says 7)
+               "SLOW": "<Thinking>x</Thinking><Answer>7</Answer>"}  # no verdict: exact check stays
+    records = [{"doc": {**doc, "question": q}, "resps": [[out]], "acc": a, "fmt": 1.0, "score": 0.7 * a + 0.3}
+               for (q, out), a in zip(outputs.items(), (1.0, 1.0, 1.0), strict=True)]
+    records[1]["doc"]["reference"] = "8 exactly"
+    messages: list[str] = []
+    rows, metrics = grade_samples(records, EvalConfig(judge=config(judge_url)), messages.append)
+    assert [row["judge"] for row in rows] == [True, False, None]
+    assert [row["acc"] for row in rows] == [1.0, 0.0, 1.0]
+    assert metrics["acc"] == pytest.approx(2 / 3) and metrics["acc_exact"] == pytest.approx(1.0)
+    assert metrics["score"] == pytest.approx(0.7 * 2 / 3 + 0.3)
+    assert metrics["judge"]["timeout"] == 1 and "1 of 3 samples without a verdict" in messages[0]
+    assert SECRET not in json.dumps(rows) + json.dumps(metrics)
+
+
+@pytest.mark.parametrize("reply, verdict", [("Yes", True), ("no.", False), ("  YES, the same", True),
+                                            ("They are the same: yes", True), ("No, they differ", False)])
+def test_replies_are_read_as_yes_or_no(reply: str, verdict: bool) -> None:
+    assert parse_reply(reply) is verdict
+
+
+@pytest.mark.parametrize("reply", ["", "Perhaps", "Nope", "maybe yes, maybe no"])
+def test_other_replies_are_unparseable(reply: str) -> None:
+    with pytest.raises(JudgeFailure) as caught:
+        parse_reply(reply)
+    assert caught.value.kind == "unparseable"
