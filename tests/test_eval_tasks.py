@@ -85,7 +85,8 @@ def test_the_jsonl_task_needs_a_file() -> None:
 def test_the_jsonl_task_reads_both_row_shapes() -> None:
     docs = build_docs("sftkey_jsonl", {"data_path": str(FIXTURES / "eval_jsonl.jsonl")})["test"]
     assert [(d["reference"], d["kind"]) for d in docs] == [("7", "math"), ("blue", "text"), ("8", "math")]
-    choice = build_docs("sftkey_jsonl", {"data_path": str(FIXTURES / "eval_jsonl.jsonl"), "answer_kind": "choice"})
+    file = str(FIXTURES / "eval_jsonl.jsonl")
+    choice = build_docs("sftkey_jsonl", {"data_path": file, "answer_kind": "choice"})
     assert {d["kind"] for d in choice["test"]} == {"choice"}
 
 

@@ -29,14 +29,16 @@ from .conftest import QUICKSTART, ROOT
 SMALL = [
     "data.synthetic.n_train=56", "data.holdout=8", "format.system_prompt=", "training.batch_size=8",
     "training.logging_steps=2", "training.save_steps=2", "stages.stage1.training.max_steps=6",
-    "stages.stage2.training.max_steps=4",
+    "stages.stage2.training.max_steps=4", "eval.tasks=[]",
 ]
+# The module's run also ends with a short evaluation.
+SMALL_EVAL = ["eval.tasks=[sftkey_synthetic]", "eval.limit=4", "eval.max_gen_toks=96"]
 
 
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run") / "out"
-    recipe = load_recipe(QUICKSTART, SMALL)
+    recipe = load_recipe(QUICKSTART, SMALL + SMALL_EVAL)
     return recipe, run_recipe(recipe, run_dir, say=lambda _: None)
 
 
@@ -59,7 +61,7 @@ def test_dry_run_shows_training_arguments_of_both_stages(cli) -> None:
 def test_run_records_every_step(small_run) -> None:
     recipe, record = small_run
     steps = record.data["steps"]
-    assert list(steps) == ["stage1", "merge", "stage2"]
+    assert list(steps) == ["stage1", "merge", "stage2", "eval"]
     assert all(step["status"] == "complete" for step in steps.values())
     assert set(steps["merge"]["kl"]) == {"original", "nf4"}
     assert steps["merge"]["base"] == min(steps["merge"]["kl"], key=steps["merge"]["kl"].get)
@@ -131,6 +133,69 @@ def test_rerun_skips_completed_stages(small_run) -> None:
     run_recipe(recipe, record.run_dir, say=messages.append)
     assert "every stage is complete" in messages[0]
     assert (record.run_dir / "run.json").read_text() == before
+
+
+def test_run_ends_with_evaluation(small_run) -> None:
+    record = small_run[1]
+    run_dir = record.run_dir
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    task = metrics["sftkey_synthetic"]
+    assert task["n"] == 4 and {"acc", "fmt", "score"} <= set(task)
+    assert task["score"] == pytest.approx(0.7 * task["acc"] + 0.3 * task["fmt"])
+    samples = (run_dir / "samples" / "sftkey_synthetic.jsonl").read_text().splitlines()
+    assert len(samples) == 4
+    first = json.loads(samples[0])
+    assert first["doc"]["prompt"].endswith("Assistant:\n") and "output" in first and "extracted" in first
+    assert record.data["steps"]["eval"]["status"] == "complete"
+    assert record.data["steps"]["eval"]["metrics"] == metrics
+    report = (run_dir / "report.md").read_text()
+    assert "| quickstart |" in report and "stage2" in report and "plots/stage1_loss.png" in report
+    assert (run_dir / "plots" / "eval_metrics.png").stat().st_size > 1000
+
+
+def test_stock_lm_eval_cli_reads_a_run(small_run, tmp_path) -> None:
+    run_dir = small_run[1].run_dir
+    done = subprocess.run(
+        [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
+         f"pretrained={run_dir}/stage1-merged,peft={run_dir}/stage2,dtype=float32",
+         "--tasks", "sftkey_synthetic", "--include_path", str(ROOT / "eval_tasks"), "--device", "cpu",
+         "--limit", "2", "--gen_kwargs", "max_gen_toks=48", "--output_path", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(next(tmp_path.rglob("results_*.json")).read_text())
+    task = results["results"]["sftkey_synthetic"]
+    assert {"acc,none", "fmt,none", "score,none"} <= set(task)
+    # The run's recipe (no system prompt in SMALL) rendered the prompts, as in training.
+    assert results["configs"]["sftkey_synthetic"]["metadata"]["pretrained"].endswith("stage1-merged")
+
+
+def test_eval_command_reevaluates_a_run(small_run, cli, tmp_path) -> None:
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(small_run[1].run_dir, copy)
+    code, _, err = cli("eval", str(copy), "--tasks", "sftkey_nope")
+    assert code == 2 and "unknown task sftkey_nope" in err
+    code, _, err = cli("eval", str(copy), "--set", "training.learning_rate=1")
+    assert code == 2 and "differs in training.learning_rate" in err
+    code, _, err = cli("eval", str(copy), "--limit", "2", "--set", "eval.alpha=0.5")
+    assert code == 0, err
+    metrics = json.loads((copy / "metrics.json").read_text())["sftkey_synthetic"]
+    assert metrics["n"] == 2 and metrics["alpha"] == 0.5
+    assert json.loads((copy / "run.json").read_text())["recipe"]["eval"]["alpha"] == 0.5
+
+
+def test_changed_eval_settings_reevaluate_without_training(small_run, tmp_path) -> None:
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(small_run[1].run_dir, copy)
+    messages: list[str] = []
+    recipe = load_recipe(QUICKSTART, SMALL + SMALL_EVAL + ["eval.limit=3"])
+    record = run_recipe(recipe, copy, say=messages.append)
+    assert "every stage is complete" in messages[0]
+    assert record.data["steps"]["eval"]["metrics"]["sftkey_synthetic"]["n"] == 3
+    assert [step["steps"] for name, step in record.data["steps"].items() if name.startswith("stage")] == [6, 4]
 
 
 def test_another_recipe_in_the_same_directory_is_refused(small_run) -> None:
