@@ -60,10 +60,18 @@ def test_overrides_are_parsed_as_yaml_values(tmp_path: Path) -> None:
     ("- just\n- a list\n", [], "a recipe is a mapping"),
     ("data:\n  source: [unclosed\n", [], "line 3 is not valid YAML"),
     ("", ["data"], "expected dotted.key=value"),
+    ("", ["eval.alpha=1.5"], "`eval.alpha`: Input should be less than or equal to 1"),
+    ("", ["eval.judge.api_key=sk-1"], "`eval.judge.url`: Field required"),  # a key never sits in a recipe
+    ("", ["eval.judge={url: u, model: m, api_key: sk-1}"], "`eval.judge.api_key`: unknown key"),
+    ("", ["eval.path=/no/test.jsonl"], "`eval.path`: file not found: /no/test.jsonl"),
+    ("data: {source: jsonl, path: %s}\n", [], "eval.path: the jsonl source is evaluated on a test file"),
     ("strategy: sft\n", ["strategy.inner=1"], "strategy is not a section"),
 ])
 def test_bad_recipes_name_the_field(tmp_path: Path, text: str, overrides: list[str],
                                     expected: str) -> None:
+    if "%s" in text:  # a data file that exists, so only the check under test can fail
+        (tmp_path / "train.jsonl").write_text("{}\n")
+        text = text % (tmp_path / "train.jsonl")
     with pytest.raises(UserError) as err:
         load_recipe(write(tmp_path, text), overrides)
     assert expected in str(err.value)
@@ -122,3 +130,11 @@ def test_checks_across_sections_name_both_fields() -> None:
 
     with pytest.raises(UserError, match=r"^recipe: merge.base: nf4 .* model.quantization: nf4$"):
         validate_recipe({"merge": {"base": "nf4"}, "model": {"quantization": "none"}})
+
+
+def test_eval_tasks_follow_the_data_source() -> None:
+    assert Recipe().eval_tasks() == ["sftkey_synthetic"]
+    assert Recipe.model_validate({"data": {"source": "gsm8k"}}).eval_tasks() == ["sftkey_gsm8k"]
+    assert Recipe.model_validate({"eval": {"tasks": ["sftkey", "sftkey_synthetic"]}}).eval_tasks() == [
+        "sftkey", "sftkey_synthetic"]
+    assert Recipe.model_validate({"eval": {"tasks": []}}).eval_tasks() == []

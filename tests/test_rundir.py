@@ -26,6 +26,15 @@ def test_a_different_recipe_names_the_differing_fields(tmp_path) -> None:
         RunRecord.open(tmp_path, changed, fresh=False)
 
 
+def test_evaluation_settings_may_change_between_runs(tmp_path) -> None:
+    record = RunRecord.open(tmp_path, Recipe(), fresh=False)
+    record.update_step("stage1", status="complete")
+    changed = Recipe.model_validate({"eval": {"limit": 5, "alpha": 0.5}})
+    again = RunRecord.open(tmp_path, changed, fresh=False)
+    assert again.status("stage1") == "complete"
+    assert again.data["recipe"]["eval"]["alpha"] == 0.5  # recorded for the next evaluation
+
+
 def test_an_unreadable_record_is_a_user_error(tmp_path) -> None:
     (tmp_path / RUN_FILE).write_text("{not json")
     with pytest.raises(UserError, match="unreadable"):

@@ -48,6 +48,9 @@ def evaluate_run(recipe: Recipe, record: RunRecord, tasks: list[str] | None = No
                                recipe.format)
     model = load_model(last.model, last.precision, vocab_size=len(tokenizer))
     model = PeftModel.from_pretrained(model, str(adapter)).eval()
+    # lm-eval re-ties the embeddings. With trainable tag rows peft wraps the embedding, where
+    # transformers 5 no longer finds it by name; they were tied when the model loaded.
+    model.tie_weights = lambda *args, **kwargs: None
     quantized = "4-bit NF4" if last.model.quantization == "nf4" else last.precision
     described = (f"Model: `{last.model.name_or_path}` ({quantized}) with the `{last.name}` adapter; "
                  f"strategy `{recipe.strategy}`; greedy decoding"

@@ -1,0 +1,56 @@
+"""`sftkey-lora compare`: four strategies with one recipe's settings, tabled as the paper does."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sftkey_lora.compare import COMPARED, key_loss_history
+from sftkey_lora.evaluation.report import results_table
+from sftkey_lora.recipe import Recipe
+from sftkey_lora.rundir import RunRecord
+
+from .conftest import QUICKSTART
+
+TINY = ["data.synthetic.n_train=40", "data.holdout=4", "format.system_prompt=", "training.batch_size=8",
+        "training.logging_steps=1", "training.max_steps=2", "eval.limit=2", "eval.max_gen_toks=32"]
+
+
+def test_table_gives_the_average_and_the_change_against_the_baseline() -> None:
+    results = {"sft": {"sftkey_a": {"score": 0.50}, "sftkey_b": {"score": 0.70}},
+               "sftkey_tag": {"sftkey_a": {"score": 0.60}, "sftkey_b": {"score": 0.70}}}
+    lines = results_table(results, "score", baseline="sft").splitlines()
+    assert lines[0] == "| | a | b | average |"
+    assert lines[2] == "| sft | 0.500 | 0.700 | 0.600 |"
+    assert lines[3] == "| sftkey_tag | 0.600 (+20.0%) | 0.700 (+0.0%) | 0.650 (+8.3%) |"
+
+
+def test_key_loss_history_puts_the_stages_in_sequence(tmp_path) -> None:
+    record = RunRecord(tmp_path, {"steps": {
+        "stage1": {"log_history": [{"step": 0, "heldout_key_loss": 9.0}, {"step": 5, "loss": 1.0},
+                                   {"step": 10, "heldout_key_loss": 3.0}]},
+        "merge": {"kl": {"nf4": 0.1}},
+        "stage2": {"log_history": [{"step": 0, "heldout_key_loss": 3.0}, {"step": 4, "heldout_key_loss": 1.0}]},
+    }})
+    points = [(p["step"], p["heldout_key_loss"]) for p in key_loss_history(record)]
+    assert points == [(0, 9.0), (10, 3.0), (10, 3.0), (14, 1.0)]
+
+
+def test_compare_runs_every_strategy_and_writes_the_comparison(cli, tmp_path) -> None:
+    out = tmp_path / "cmp"
+    code, _, err = cli("compare", str(QUICKSTART), "--output", str(out), *[f"--set={s}" for s in TINY])
+    assert code == 0, err
+    for strategy in COMPARED:
+        run = json.loads((out / strategy / "run.json").read_text())
+        assert run["recipe"]["strategy"] == strategy
+        assert run["steps"]["eval"]["status"] == "complete"
+        expected = Recipe.model_validate({**run["recipe"], "strategy": "sft"}).model_dump(mode="json")
+        assert run["recipe"] == {**expected, "strategy": strategy}  # identical settings otherwise
+    report = (out / "comparison.md").read_text()
+    for strategy in COMPARED:
+        assert f"| {strategy} |" in report
+    assert (out / "comparison.png").stat().st_size > 1000 and (out / "key_loss.png").stat().st_size > 1000
+    assert "sftkey_tag" in err and "| sft |" in err  # the table is printed too
+
+
