@@ -1,29 +1,22 @@
-"""Hooks of the sftkey_* tasks: thin wrappers over `sftkey_lora.evaluation.tasks`."""
+"""Hooks of the sftkey_* tasks (`!function utils.NAME`): thin wrappers over
+`sftkey_lora.evaluation.tasks`. lm-eval calls `custom_dataset` with the task metadata."""
 
 from sftkey_lora.evaluation.tasks import build_docs, process_results
 
 __all__ = ["process_results"]
 
 
-def synthetic(**metadata):
-    return build_docs("sftkey_synthetic", metadata)
+def _documents_of(task: str):
+    def documents(**metadata):
+        return build_docs(task, metadata)
+
+    documents.__name__ = task.removeprefix("sftkey_")
+    return documents
 
 
-def gsm8k(**metadata):
-    return build_docs("sftkey_gsm8k", metadata)
-
-
-def openbookqa(**metadata):
-    return build_docs("sftkey_openbookqa", metadata)
-
-
-def openr1_math(**metadata):
-    return build_docs("sftkey_openr1_math", metadata)
-
-
-def cot_collection(**metadata):
-    return build_docs("sftkey_cot_collection", metadata)
-
-
-def jsonl(**metadata):
-    return build_docs("sftkey_jsonl", metadata)
+synthetic = _documents_of("sftkey_synthetic")
+gsm8k = _documents_of("sftkey_gsm8k")
+openbookqa = _documents_of("sftkey_openbookqa")
+openr1_math = _documents_of("sftkey_openr1_math")
+cot_collection = _documents_of("sftkey_cot_collection")
+jsonl = _documents_of("sftkey_jsonl")

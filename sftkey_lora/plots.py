@@ -31,13 +31,14 @@ def plot_metric_bars(results: dict[str, dict[str, dict[str, float]]], path: Path
     plt = _pyplot()
     metrics = ("acc", "fmt", "score")
     labels = list(results)
-    columns = task_columns(results) + ["average"]
+    columns = table_columns(results)
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), sharey=True)
     width = 0.8 / len(labels)
     for ax, metric in zip(axes, metrics, strict=True):
         for index, label in enumerate(labels):
             values = [cell(results[label], column, metric) for column in columns]
-            ax.bar([x + index * width for x in range(len(columns))], values, width, label=label)
+            bars = ax.bar([x + index * width for x in range(len(columns))], values, width, label=label)
+            ax.bar_label(bars, fmt="%.2f", fontsize=7)
         ax.set_xticks([x + width * (len(labels) - 1) / 2 for x in range(len(columns))],
                       [c.removeprefix("sftkey_") for c in columns], rotation=20)
         ax.set(title=metric, ylim=(0, 1.05))
@@ -60,6 +61,12 @@ def plot_key_loss_curves(histories: dict[str, list[dict[str, Any]]], path: Path)
     ax.grid(alpha=0.3)
     ax.legend()
     _save(fig, plt, path)
+
+
+def table_columns(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """The tasks, then `average` when there is more than one to average."""
+    tasks = task_columns(results)
+    return tasks + ["average"] if len(tasks) > 1 else tasks
 
 
 def task_columns(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from sftkey_lora.compare import COMPARED, key_loss_history
 from sftkey_lora.evaluation.report import results_table
 from sftkey_lora.recipe import Recipe
@@ -31,7 +29,8 @@ def test_key_loss_history_puts_the_stages_in_sequence(tmp_path) -> None:
         "stage1": {"log_history": [{"step": 0, "heldout_key_loss": 9.0}, {"step": 5, "loss": 1.0},
                                    {"step": 10, "heldout_key_loss": 3.0}]},
         "merge": {"kl": {"nf4": 0.1}},
-        "stage2": {"log_history": [{"step": 0, "heldout_key_loss": 3.0}, {"step": 4, "heldout_key_loss": 1.0}]},
+        "stage2": {"log_history": [{"step": 0, "heldout_key_loss": 3.0},
+                                   {"step": 4, "heldout_key_loss": 1.0}]},
     }})
     points = [(p["step"], p["heldout_key_loss"]) for p in key_loss_history(record)]
     assert points == [(0, 9.0), (10, 3.0), (10, 3.0), (14, 1.0)]

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..plots import cell, plot_metric_bars, task_columns
+from ..plots import cell, plot_metric_bars, table_columns
 
 Results = dict[str, dict[str, dict[str, Any]]]  # row label -> task -> {acc, fmt, score, ...}
 REPORT_FILE = "report.md"
@@ -17,7 +17,7 @@ BARS_FILE = "plots/eval_metrics.png"
 def results_table(results: Results, metric: str, baseline: str | None = None) -> str:
     """A Markdown table of one metric; with `baseline`, each cell of the other rows also gives
     its relative change against that row."""
-    columns = task_columns(results) + ["average"]
+    columns = table_columns(results)
     lines = ["| | " + " | ".join(c.removeprefix("sftkey_") for c in columns) + " |",
              "|---|" + "---:|" * len(columns)]
     for label, metrics in results.items():
