@@ -71,7 +71,9 @@ def comparison_markdown(recipe: Recipe, results: dict[str, dict[str, Any]], reco
     for metric, title in (("score", f"Score ({alpha:g}·acc + {1 - alpha:g}·fmt)"), ("acc", "Accuracy"),
                           ("fmt", "Format adherence")):
         parts += [f"## {title}", "", results_table(results, metric, BASELINE), ""]
-    parts += ["## Held-out key-token loss", "", "| | start | end | this command's wall time |",
+    parts += ["## Held-out key-token loss", "",
+              "Key tokens follow `</Thinking>`; for the untagged `sft`, the separator and the answer.",
+              "", "| | start | end | this command's wall time |",
               "|---|---:|---:|---:|"]
     for name, record in records.items():
         history = key_loss_history(record)

@@ -52,10 +52,11 @@ def plot_key_loss_curves(histories: dict[str, list[dict[str, Any]]], path: Path)
     paper's Figure 3); each strategy's stages follow one another on the x axis."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for label, history in histories.items():
+    styles = ("-", "--", ":", "-.")  # strategies sharing a stage draw the same curve: keep both visible
+    for index, (label, history) in enumerate(histories.items()):
         points = [(entry["step"], entry[KEY_KEY]) for entry in history if KEY_KEY in entry]
         if points:
-            ax.plot(*zip(*points, strict=True), marker=".", label=label)
+            ax.plot(*zip(*points, strict=True), styles[index % len(styles)], marker=".", label=label)
     ax.set(title="held-out key-token loss", xlabel="optimizer step (stages in sequence)",
            ylabel="cross-entropy (nats/token)", yscale="log")
     ax.grid(alpha=0.3)
