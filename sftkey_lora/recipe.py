@@ -159,7 +159,8 @@ class EvalConfig(_Section):
     # lm-eval task names from `eval_tasks/`; `auto` is the task of `data.source`; [] skips eval.
     tasks: list[str] | Literal["auto"] = "auto"
     limit: int | None = Field(None, gt=0)  # examples per task (None: the whole test split)
-    # A local test file in the source's own schema, used instead of the hub (the jsonl task needs one).
+    # A local test file in the source's own schema, used instead of the hub; a jsonl source is
+    # evaluated (with `tasks: auto`) only when it is given.
     path: Path | None = None
     alpha: float = Field(0.7, ge=0, le=1)  # score = alpha·acc + (1 − alpha)·fmt
     batch_size: int = Field(16, gt=0)  # prompts generated at once
@@ -202,16 +203,14 @@ class Recipe(_Section):
                              "it needs model.quantization: nf4")
         return self
 
-    @model_validator(mode="after")
-    def _jsonl_eval_needs_file(self) -> Recipe:
-        if self.eval.tasks == "auto" and self.data.source == "jsonl" and self.eval.path is None:
-            raise ValueError("eval.path: the jsonl source is evaluated on a test file of yours; "
-                             "set eval.path: my_test.jsonl, or eval.tasks: [] to skip evaluation")
-        return self
-
     def eval_tasks(self) -> list[str]:
-        """The lm-eval tasks run after training."""
-        return [f"sftkey_{self.data.source}"] if self.eval.tasks == "auto" else list(self.eval.tasks)
+        """The lm-eval tasks run after training. `auto` for a jsonl source without a test file
+        (`eval.path`) is none: there is nothing of the user's to evaluate on."""
+        if self.eval.tasks != "auto":
+            return list(self.eval.tasks)
+        if self.data.source == "jsonl" and self.eval.path is None:
+            return []
+        return [f"sftkey_{self.data.source}"]
 
     def stage(self, name: str) -> StageConfig:
         """The resolved settings of one stage."""

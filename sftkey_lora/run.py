@@ -47,6 +47,8 @@ def run_recipe(recipe: Recipe, run_dir: Path, fresh: bool = False,
     say(summary)
     if recipe.eval_tasks() and not _evaluated(recipe, record):
         evaluate_run(recipe, record, training=summary, say=say)
+    elif recipe.data.source == "jsonl" and recipe.eval.tasks == "auto" and recipe.eval.path is None:
+        say("eval: skipped; set eval.path to a test file in the jsonl schema to evaluate on it")
     return record
 
 
