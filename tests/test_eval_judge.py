@@ -1,4 +1,5 @@
-"""The LLM judge against a real OpenAI-compatible HTTP server on loopback, started here."""
+"""The LLM judge against a real OpenAI-compatible HTTP server on loopback, started here, and how
+the harness folds verdicts and groups into the metrics."""
 
 from __future__ import annotations
 
@@ -118,3 +119,13 @@ def test_other_replies_are_unparseable(reply: str) -> None:
     with pytest.raises(JudgeFailure) as caught:
         parse_reply(reply)
     assert caught.value.kind == "unparseable"
+
+
+def test_groups_average_their_tasks_equally() -> None:
+    from sftkey_lora.evaluation.harness import group_means
+
+    metrics = {"sftkey_a": {"acc": 1.0, "fmt": 0.0, "score": 0.7, "n": 10},
+               "sftkey_b": {"acc": 0.5, "fmt": 1.0, "score": 0.65, "n": 1000}}
+    groups = group_means(metrics, {"sftkey": ["sftkey_a", "sftkey_b"], "sftkey_a": [], "other": ["sftkey_c"]})
+    assert groups == {"sftkey": {"acc": 0.75, "fmt": 0.5, "score": pytest.approx(0.675),
+                                 "tasks": ["sftkey_a", "sftkey_b"]}}

@@ -61,13 +61,18 @@ def evaluate(model: Any, tokenizer: Any, tasks: list[str], cfg: EvalConfig, meta
         samples[task], metrics[task] = grade_samples(records, cfg, say)
         say(f"{task}: acc {metrics[task]['acc']:.3f}  fmt {metrics[task]['fmt']:.3f}  "
             f"score {metrics[task]['score']:.3f}  (n={metrics[task]['n']})")
-    for group, members in output.get("group_subtasks", {}).items():
-        if members and all(member in metrics for member in members):
-            metrics[group] = {name: statistics.fmean(metrics[m][name] for m in members) for name in METRICS}
-            metrics[group]["tasks"] = list(members)
+    metrics.update(group_means(metrics, output.get("group_subtasks", {})))
     _write(out_dir, metrics, samples)
     say(f"evaluated {', '.join(tasks)} in {time.perf_counter() - started:.0f} s")
     return metrics
+
+
+def group_means(metrics: dict[str, Any], groups: dict[str, list[str]]) -> dict[str, Any]:
+    """Each group's acc, fmt and score: the mean over its tasks, each weighing the same (as the
+    paper's averages), computed after the judge so that its verdicts count."""
+    return {group: {**{name: statistics.fmean(metrics[task][name] for task in tasks) for name in METRICS},
+                    "tasks": list(tasks)}
+            for group, tasks in groups.items() if tasks and all(task in metrics for task in tasks)}
 
 
 def grade_samples(records: list[dict[str, Any]], cfg: EvalConfig,
