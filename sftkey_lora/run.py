@@ -69,8 +69,9 @@ def _train_stages(recipe: Recipe, plans: list[StagePlan], record: RunRecord,
 def _evaluated(recipe: Recipe, record: RunRecord) -> bool:
     """Whether run.json records a finished evaluation with the recipe's present settings."""
     step = record.data["steps"].get(EVAL_STEP, {})
-    return (step.get("status") == "complete" and step.get("tasks") == recipe.eval_tasks()
-            and step.get("eval") == recipe.eval.model_dump(mode="json"))
+    recorded = (step.get("tasks"), step.get("limit"), step.get("eval"))
+    wanted = (recipe.eval_tasks(), recipe.eval.limit, recipe.eval.model_dump(mode="json"))
+    return step.get("status") == "complete" and recorded == wanted
 
 
 def _training_data(recipe: Recipe, tokenizer: Any, record: RunRecord) -> tuple[list[Encoded], list[Encoded]]:
