@@ -185,6 +185,17 @@ def test_eval_command_reevaluates_a_run(small_run, cli, tmp_path) -> None:
     assert json.loads((copy / "run.json").read_text())["recipe"]["eval"]["alpha"] == 0.5
 
 
+def test_eval_refuses_an_unfinished_run_and_a_missing_model(cli, tmp_path) -> None:
+    from sftkey_lora.rundir import RunRecord
+
+    RunRecord.open(tmp_path / "run", load_recipe(QUICKSTART), fresh=False)
+    code, _, err = cli("eval", str(tmp_path / "run"))
+    assert code == 2 and "stage1, stage2 not trained yet" in err
+    code, _, err = cli("eval", str(tmp_path / "no-model"))
+    assert code == 2 and "is not a model directory" in err
+    assert "Traceback" not in err
+
+
 def test_changed_eval_settings_reevaluate_without_training(small_run, tmp_path) -> None:
     import shutil
 
