@@ -113,3 +113,21 @@ def test_prompts_follow_the_run_recipe_found_beside_the_model(tmp_path) -> None:
     default = build_docs("sftkey_synthetic", {})["test"][0]
     assert doc["question"] != default["question"]  # the run's own synthetic test split
     assert doc["alpha"] == 0.5
+
+
+def test_chat_template_prompts_come_from_the_model_tokenizer(tmp_path) -> None:
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from sftkey_lora.loading import resolve_model_path
+
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(f"{resolve_model_path('builtin:tiny')}/{name}", tmp_path / name)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    tokenizer.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}<assistant>"
+    tokenizer.save_pretrained(tmp_path)
+    recipe = Recipe(format=FormatConfig(template="chat", system_prompt="Be brief."))
+    doc = build_docs("sftkey_synthetic", {"recipe": recipe.model_dump(mode="json"),
+                                          "pretrained": str(tmp_path)})["test"][0]
+    assert doc["prompt"] == f"<system>Be brief.\n<user>{doc['question']}\n<assistant>"
