@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -19,8 +20,11 @@ class Collator:
     # Per-token segment flags for the loss curves; the Trainer's batches leave them out,
     # since the model's forward would receive them.
     with_segments: bool = False
+    # Ask the model for its final hidden states and no logits at all: the loss projects the
+    # labelled positions itself (`loss.LabelledLogitsLoss`).
+    hidden_only: bool = False
 
-    def __call__(self, rows: Sequence[Encoded]) -> dict[str, torch.Tensor]:
+    def __call__(self, rows: Sequence[Encoded]) -> dict[str, Any]:
         width = max(len(row.input_ids) for row in rows)
         batch = {
             "input_ids": _padded([row.input_ids for row in rows], width, self.pad_id),
@@ -31,6 +35,9 @@ class Collator:
             thinking = [[s == Segment.THINKING for s in row.segments] for row in rows]
             batch["is_thinking"] = _padded(thinking, width, False)
             batch["is_key"] = _padded([row.in_key for row in rows], width, False)
+        if self.hidden_only:
+            batch["output_hidden_states"] = True
+            batch["logits_to_keep"] = torch.empty(0, dtype=torch.long)  # [0]: no position projected
         return batch
 
 

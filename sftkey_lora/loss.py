@@ -1,5 +1,10 @@
 """The training loss, and the per-segment losses behind the loss curves.
 
+The model is asked for its final hidden states and no logits (`Collator(hidden_only=True)`);
+the loss projects to the vocabulary only the positions that carry a label, a chunk at a
+time, recomputing each chunk's logits in the backward pass. So no [batch, seq, vocab]
+logits tensor ever exists: in a key-only stage a few positions per example are projected.
+
 The loss is the mean over every loss token of the whole accumulated batch: each
 micro-batch contributes its token-loss *sum* divided by `num_items_in_batch`, the
 Trainer's count of loss tokens over all micro-batches (and devices) of one optimiser step.
@@ -14,8 +19,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .masks import IGNORE
+
+CHUNK_TOKENS = 1024  # labelled positions projected at once: [1024, vocab] logits at a time
 
 
 def causal_lm_loss(outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
@@ -26,6 +34,41 @@ def causal_lm_loss(outputs: Any, labels: torch.Tensor, num_items_in_batch: Any =
     total = F.cross_entropy(logits[keep].float(), targets[keep], reduction="sum")  # [n, vocab] -> []
     count = keep.sum() if num_items_in_batch is None else num_items_in_batch
     return total / torch.clamp(torch.as_tensor(count, device=total.device), min=1)
+
+
+class LabelledLogitsLoss:
+    """`compute_loss_func` for a model run with `output_hidden_states=True` and
+    `logits_to_keep=<empty>`: the same value and gradients as `causal_lm_loss` on full logits."""
+
+    def __init__(self, head: torch.nn.Module, chunk_tokens: int = CHUNK_TOKENS) -> None:
+        self.head = head  # the model's output embedding (with any trainable tag rows)
+        self.chunk_tokens = chunk_tokens
+
+    def __call__(self, outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
+        hidden = outputs.hidden_states[-1]  # [b, t, h]: after the final norm
+        targets = labels[:, 1:].to(hidden.device)  # [b, t-1]: position i predicts token i+1
+        keep = targets != IGNORE
+        states, wanted = hidden[:, :-1][keep], targets[keep]  # [n, h], [n]
+        total = hidden.sum().float() * 0  # stays in the graph when no position is labelled
+        for start in range(0, len(wanted), self.chunk_tokens):
+            chunk = slice(start, start + self.chunk_tokens)
+            total = total + checkpoint(self._chunk_loss, states[chunk], wanted[chunk], use_reentrant=False)
+        count = keep.sum() if num_items_in_batch is None else num_items_in_batch
+        return total / torch.clamp(torch.as_tensor(count, device=total.device), min=1)
+
+    def _chunk_loss(self, states: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.head(states).float(), wanted, reduction="sum")  # [n, vocab] -> []
+
+
+@torch.no_grad()
+def projects_like_the_model(model: Any, batch: dict[str, torch.Tensor], head: torch.nn.Module) -> bool:
+    """Whether projecting the last hidden states through `head` gives the model's own logits
+    (it does not where an architecture scales or caps logits after the head)."""
+    device = next(model.parameters()).device
+    inputs = {key: batch[key][:2].to(device) for key in ("input_ids", "attention_mask")}
+    outputs = model(**inputs, output_hidden_states=True)
+    projected = head(outputs.hidden_states[-1]).float()
+    return torch.allclose(projected, outputs.logits.float(), rtol=1e-3, atol=1e-3)
 
 
 def token_losses(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -17,7 +17,7 @@ from .collate import Collator, batches, pad_id
 from .hardware import peak_memory, reset_peak_memory
 from .loading import load_model
 from .lora import attach_lora
-from .loss import causal_lm_loss
+from .loss import LabelledLogitsLoss, causal_lm_loss, projects_like_the_model
 from .masks import Encoded
 from .plan import StagePlan
 from .rundir import replace_dir
@@ -47,10 +47,14 @@ def train_stage(plan: StagePlan, inputs: StageInputs, run_dir: Path) -> dict[str
                         gradient_checkpointing=plan.config.training.gradient_checkpointing)
     probe_collate = Collator(pad_id(tokenizer), plan.labels, with_segments=True)
     probe = SegmentLossProbe(list(batches(inputs.holdout, plan.config.training.batch_size, probe_collate)))
+    # Logits only where labels are, unless this architecture changes logits after its head.
+    head = model.get_output_embeddings()
+    hidden_only = projects_like_the_model(model, probe.batches[0], head)
     trainer = Trainer(
         model=model, args=TrainingArguments(**plan.training_args), train_dataset=inputs.train,
-        data_collator=Collator(pad_id(tokenizer), plan.labels), processing_class=tokenizer,
-        compute_loss_func=causal_lm_loss, callbacks=[probe, StageProgress(plan.name)],
+        data_collator=Collator(pad_id(tokenizer), plan.labels, hidden_only=hidden_only),
+        processing_class=tokenizer, callbacks=[probe, StageProgress(plan.name)],
+        compute_loss_func=LabelledLogitsLoss(head) if hidden_only else causal_lm_loss,
     )
     trainer.remove_callback(PrinterCallback)
     resume = get_last_checkpoint(str(run_dir))
@@ -69,6 +73,7 @@ def train_stage(plan: StagePlan, inputs: StageInputs, run_dir: Path) -> dict[str
     probes = [entry for entry in history if KEY_KEY in entry]
     return {
         "labels": plan.labels, "steps": trainer.state.global_step,
+        "logits": "labelled positions" if hidden_only else "every position",
         "resumed_from": Path(resume).name if resume else None,
         "seconds": round(seconds, 1), "train_seconds": round(result.metrics["train_runtime"], 1),
         "tokens": int(tokens), "tokens_per_second": round(tokens / result.metrics["train_runtime"], 1),

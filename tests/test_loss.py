@@ -13,7 +13,7 @@ from sftkey_lora.data import DataReport
 from sftkey_lora.data.synthetic import synthetic_split
 from sftkey_lora.loading import load_model
 from sftkey_lora.lora import attach_lora
-from sftkey_lora.loss import causal_lm_loss, segment_losses
+from sftkey_lora.loss import LabelledLogitsLoss, causal_lm_loss, projects_like_the_model, segment_losses
 from sftkey_lora.masks import IGNORE, encode_examples
 from sftkey_lora.plan import training_arguments
 from sftkey_lora.recipe import FormatConfig, LoraSection, ModelConfig, TrainingConfig
@@ -77,16 +77,20 @@ def test_loss_is_a_mean_over_the_tokens_of_the_whole_accumulated_batch(tiny_toke
     assert torch.allclose(sum(parts), expected, atol=1e-6)
 
 
-def one_step(tiny_tokenizer, rows, tmp_path, batch_size: int, accumulation: int, loss_func) -> dict:
+def one_step(tiny_tokenizer, rows, tmp_path, batch_size: int, accumulation: int, loss_func,
+             hidden_only: bool = False) -> dict:
     from transformers import Trainer, TrainingArguments
 
     model = lora_model(tiny_tokenizer, quantized=False)
+    if loss_func is LabelledLogitsLoss:
+        loss_func = LabelledLogitsLoss(model.get_output_embeddings(), chunk_tokens=5)
     cfg = TrainingConfig(batch_size=batch_size, gradient_accumulation_steps=accumulation, max_steps=1,
                          learning_rate=1.0, optimizer="sgd", lr_scheduler="constant", warmup=0,
                          max_grad_norm=1e9, gradient_checkpointing=False)
     args = {**training_arguments(cfg, "fp32", tmp_path), "save_strategy": "no"}
     Trainer(model=model, args=TrainingArguments(**args), train_dataset=rows[:4],
-            data_collator=Collator(pad_id(tiny_tokenizer), "key"), compute_loss_func=loss_func).train()
+            data_collator=Collator(pad_id(tiny_tokenizer), "key", hidden_only=hidden_only),
+            compute_loss_func=loss_func).train()
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
@@ -105,6 +109,64 @@ def test_accumulating_4x1_equals_one_batch_of_4(tiny_tokenizer, rows, tmp_path) 
     naive_gap = max((batch[n] - naive[n]).abs().max().item() for n in batch)
     assert gap < 1e-5
     assert naive_gap > 100 * gap + 1e-5  # the check would catch a per-micro-batch mean
+
+
+@pytest.mark.parametrize("labels", ["full", "key"])
+@pytest.mark.parametrize("quantized", [False, True])
+def test_labelled_logits_loss_equals_the_full_logits_loss(tiny_tokenizer, rows, labels, quantized) -> None:
+    """Projecting only labelled positions, 7 at a time, gives the loss and the gradients of
+    the reference computation over full logits; the model itself returns no logits."""
+    model = lora_model(tiny_tokenizer, quantized=quantized)
+    head = model.get_output_embeddings()
+    reference_batch = Collator(pad_id(tiny_tokenizer), labels)(rows[:4])
+    reference_loss = causal_lm_loss(model(input_ids=reference_batch["input_ids"],
+                                          attention_mask=reference_batch["attention_mask"]),
+                                     reference_batch["labels"])
+    reference_loss.backward()
+    reference = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    batch = Collator(pad_id(tiny_tokenizer), labels, hidden_only=True)(rows[:4])
+    projected: list[int] = []
+    # Positions the head projects in the forward pass (the backward recomputes each chunk).
+    hook = head.register_forward_hook(lambda module, args, out: projected.append(args[0].shape[:-1].numel()))
+    labels_tensor = batch.pop("labels")
+    outputs = model(**batch)
+    loss = LabelledLogitsLoss(head, chunk_tokens=7)(outputs, labels_tensor)
+    hook.remove()
+    loss.backward()
+    assert outputs.logits.shape[1] == 0  # no [batch, seq, vocab] logits from the model
+    assert sum(projected) == int((labels_tensor[:, 1:] != IGNORE).sum())  # labelled positions only
+    assert max(projected) <= 7
+    assert torch.allclose(loss, reference_loss, rtol=1e-5, atol=1e-6)
+    for name, grad in reference.items():
+        assert torch.allclose(dict(model.named_parameters())[name].grad, grad, rtol=1e-4, atol=1e-6), name
+
+
+def test_labelled_logits_loss_with_no_loss_token_is_zero(tiny_tokenizer, rows) -> None:
+    model = lora_model(tiny_tokenizer, quantized=False)
+    batch = Collator(pad_id(tiny_tokenizer), "key", hidden_only=True)(rows[:2])
+    labels = batch.pop("labels")
+    labels[:] = IGNORE
+    loss = LabelledLogitsLoss(model.get_output_embeddings())(model(**batch), labels, torch.tensor(0))
+    loss.backward()
+    assert loss.item() == 0.0
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_the_trainer_step_is_the_same_with_labelled_logits(tiny_tokenizer, rows, tmp_path) -> None:
+    full = one_step(tiny_tokenizer, rows, tmp_path / "a", 1, 4, causal_lm_loss)
+    labelled = one_step(tiny_tokenizer, rows, tmp_path / "b", 1, 4, LabelledLogitsLoss, hidden_only=True)
+    assert max((full[n] - labelled[n]).abs().max().item() for n in full) < 1e-5
+
+
+def test_a_head_that_is_not_the_models_is_noticed(tiny_tokenizer, rows) -> None:
+    model = lora_model(tiny_tokenizer, quantized=False)
+    batch = Collator(pad_id(tiny_tokenizer), "key")(rows[:2])
+    head = model.get_output_embeddings()
+    assert projects_like_the_model(model, batch, head)
+    scaled = torch.nn.Linear(head.in_features, head.out_features, bias=False)
+    scaled.weight.data = head.weight.data * 2  # as an architecture that scales its logits
+    assert not projects_like_the_model(model, batch, scaled)
 
 
 @pytest.mark.parametrize(("labels", "segment", "changes"), [

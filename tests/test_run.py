@@ -71,6 +71,7 @@ def test_run_records_every_step(small_run) -> None:
         key = steps[name]["heldout_key_loss"]
         assert key["after"] < key["before"], f"{name} did not lower the held-out key loss"
         assert steps[name]["tokens_per_second"] > 0 and steps[name]["peak_memory_mb"] > 0
+        assert steps[name]["logits"] == "labelled positions"  # the loss projected them itself
     assert record.data["data"]["holdout"] == 8 and record.data["data"]["train"] == 48
     assert record.data["recipe"] == recipe.model_dump(mode="json")
     assert record.data["versions"]["peft"]
