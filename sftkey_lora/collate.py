@@ -1,4 +1,6 @@
-"""Batches for the Trainer: right-padded ids, attention mask and the stage's labels."""
+"""Batches for the Trainer: right-padded ids, attention mask and the stage's labels; or,
+padding-free, the examples of a batch packed into one row with position ids restarting at
+each example (transformers then keeps attention inside each example)."""
 
 from __future__ import annotations
 
@@ -23,14 +25,30 @@ class Collator:
     # Ask the model for its final hidden states and no logits at all: the loss projects the
     # labelled positions itself (`loss.LabelledLogitsLoss`).
     hidden_only: bool = False
+    # One row of all the batch's examples, no padding: `position_ids` restart at every example
+    # and there is no attention mask, from which transformers builds a mask that keeps each
+    # example's attention to itself.
+    packed: bool = False
+
+    def __post_init__(self) -> None:
+        if self.packed and self.with_segments:
+            raise ValueError("segment flags are made for padded batches only")
 
     def __call__(self, rows: Sequence[Encoded]) -> dict[str, Any]:
-        width = max(len(row.input_ids) for row in rows)
-        batch = {
-            "input_ids": _padded([row.input_ids for row in rows], width, self.pad_id),
-            "attention_mask": _padded([[1] * len(row.input_ids) for row in rows], width, 0),
-            "labels": _padded([row.labels(self.labels) for row in rows], width, IGNORE),
-        }
+        if self.packed:
+            from transformers import DataCollatorWithFlattening
+
+            # The first token of every example is prompt, never a label: nothing is lost to the
+            # separator the flattening collator puts there.
+            batch = DataCollatorWithFlattening(separator_id=IGNORE)(
+                [{"input_ids": row.input_ids, "labels": row.labels(self.labels)} for row in rows])
+        else:
+            width = max(len(row.input_ids) for row in rows)
+            batch = {
+                "input_ids": _padded([row.input_ids for row in rows], width, self.pad_id),
+                "attention_mask": _padded([[1] * len(row.input_ids) for row in rows], width, 0),
+                "labels": _padded([row.labels(self.labels) for row in rows], width, IGNORE),
+            }
         if self.with_segments:
             thinking = [[s == Segment.THINKING for s in row.segments] for row in rows]
             batch["is_thinking"] = _padded(thinking, width, False)

@@ -121,6 +121,9 @@ class TrainingConfig(_Section):
     # `auto`: bf16 on a GPU that has it, else fp16 on a GPU, else fp32 (CPU).
     precision: Precision = "auto"
     gradient_checkpointing: bool = True
+    # Padding-free: the `batch_size` examples of a batch go into one row, attention kept
+    # inside each example (no compute spent on padding).
+    packing: bool = False
     seed: int = 0
     logging_steps: int = Field(10, gt=0)
     save_steps: int = Field(100, gt=0)

@@ -52,7 +52,8 @@ def train_stage(plan: StagePlan, inputs: StageInputs, run_dir: Path) -> dict[str
     hidden_only = projects_like_the_model(model, probe.batches[0], head)
     trainer = Trainer(
         model=model, args=TrainingArguments(**plan.training_args), train_dataset=inputs.train,
-        data_collator=Collator(pad_id(tokenizer), plan.labels, hidden_only=hidden_only),
+        data_collator=Collator(pad_id(tokenizer), plan.labels, hidden_only=hidden_only,
+                               packed=plan.config.training.packing),
         processing_class=tokenizer, callbacks=[probe, StageProgress(plan.name)],
         compute_loss_func=LabelledLogitsLoss(head) if hidden_only else causal_lm_loss,
     )

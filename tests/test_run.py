@@ -277,6 +277,7 @@ def test_added_tag_tokens_are_trained_and_merged(small_run) -> None:
 @pytest.mark.parametrize(("strategy", "extra", "labels"), [
     ("sft", [], "full"),
     ("key_tag", ["model.quantization=none"], "key"),  # and a 16-bit base (plain LoRA)
+    ("sft_tag", ["training.packing=true"], "full"),  # padding-free batches through the Trainer
 ])
 def test_one_stage_strategies(tmp_path, strategy: str, extra: list[str], labels: str) -> None:
     overrides = SMALL + [f"strategy={strategy}", "stages.stage1.training.max_steps=2", *extra]
