@@ -131,3 +131,10 @@ def test_chat_template_prompts_come_from_the_model_tokenizer(tmp_path) -> None:
     doc = build_docs("sftkey_synthetic", {"recipe": recipe.model_dump(mode="json"),
                                           "pretrained": str(tmp_path)})["test"][0]
     assert doc["prompt"] == f"<system>Be brief.\n<user>{doc['question']}\n<assistant>"
+
+
+def test_a_hub_task_offline_says_how_to_give_a_local_file() -> None:
+    with pytest.raises(UserError) as caught:
+        build_docs("sftkey_gsm8k", {})
+    message = str(caught.value)
+    assert "sftkey_gsm8k" in message and "openai/gsm8k" in message and "eval.path" in message

@@ -70,7 +70,11 @@ def build_docs(task: str, metadata: dict[str, Any]) -> dict[str, Any]:
         split=metadata.get("split") or spec.split or "test",
         synthetic=recipe.data.synthetic if recipe else DataConfig().synthetic,
     )
-    examples, report = load_examples(data)
+    try:
+        examples, report = load_examples(data)
+    except UserError as err:
+        raise UserError(f"{task}: {err} For evaluation, give the file as eval.path in the recipe, or "
+                        f"--metadata '{{\"data_path\": \"FILE\"}}' to lm_eval.") from None
     if report.dropped:  # a smaller test set changes every figure: say so
         logging.getLogger(__name__).warning("%s: %s", task, report.format())
     fmt = recipe.format if recipe else FormatConfig()
