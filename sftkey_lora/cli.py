@@ -106,8 +106,9 @@ def cmd_run(args: argparse.Namespace) -> None:
 def _plan_text(plan: dict) -> str:
     lines = [f"output: {plan['output']}"]
     for stage in plan["stages"]:
+        trains = f"lora {stage['lora']}" if stage["lora"] else "every weight (full-parameter)"
         lines.append(f"{stage['name']}: labels {stage['labels']}, base {stage['base']}, "
-                     f"precision {stage['precision']}, lora {stage['lora']}")
+                     f"precision {stage['precision']}, {trains}")
         lines += [f"  {key}: {value}" for key, value in stage["training_args"].items()]
     return "\n".join(lines)
 

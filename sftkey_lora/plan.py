@@ -17,6 +17,11 @@ from .strategies import STRATEGIES, LabelKind
 MERGED_DIR = "stage1-merged"
 
 
+def full_mode(recipe: Recipe) -> bool:
+    """Every weight trains (no adapters, no merge); stage 2 starts from the stage-1 weights."""
+    return recipe.training.mode == "full"
+
+
 @dataclass(frozen=True)
 class StagePlan:
     name: str
@@ -29,7 +34,7 @@ class StagePlan:
     def as_json(self) -> dict[str, Any]:
         return {
             "name": self.name, "labels": self.labels, "base": self.model.name_or_path,
-            "lora": self.config.lora.model_dump(mode="json"),
+            "lora": None if self.config.training.mode == "full" else self.config.lora.model_dump(mode="json"),
             "precision": self.precision, "training_args": self.training_args,
         }
 
@@ -39,8 +44,9 @@ def plan_stages(recipe: Recipe, run_dir: Path) -> list[StagePlan]:
     for index, spec in enumerate(STRATEGIES[recipe.strategy].stages):
         config = recipe.stage(spec.name)
         precision = resolve_precision(config.training.precision)
+        base = "stage1" if full_mode(recipe) else MERGED_DIR
         model = recipe.model if index == 0 else recipe.model.model_copy(
-            update={"name_or_path": str(run_dir / MERGED_DIR), "revision": None})
+            update={"name_or_path": str(run_dir / base), "revision": None})
         plans.append(StagePlan(spec.name, spec.labels, model, config, precision,
                                training_arguments(config.training, precision, run_dir,
                                                   pin_memory=cuda_available())))

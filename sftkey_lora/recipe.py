@@ -107,6 +107,9 @@ class LoraSection(_Section):
 
 
 class TrainingConfig(_Section):
+    # `lora`: an adapter per stage (over a 4-bit base with quantization nf4); `full`: every
+    # weight trains in 16-bit, and stage 2 continues from the stage-1 weights (the paper's setting).
+    mode: Literal["lora", "full"] = "lora"
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, gt=0)  # when set, overrides `epochs`
     batch_size: int = Field(8, gt=0)  # per device
@@ -204,6 +207,16 @@ class Recipe(_Section):
         if self.merge.base == "nf4" and self.model.quantization != "nf4":
             raise ValueError("merge.base: nf4 is the round trip of a 4-bit base; "
                              "it needs model.quantization: nf4")
+        return self
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> Recipe:
+        modes = {self.stage(name).training.mode for name in ("stage1", "stage2")}
+        if len(modes) > 1:
+            raise ValueError("training.mode: both stages train the same way (set it at the top level)")
+        if "full" in modes and self.model.quantization != "none":
+            raise ValueError("training.mode: full trains every weight in 16-bit; "
+                             "set model.quantization: none")
         return self
 
     def eval_tasks(self) -> list[str]:

@@ -23,7 +23,7 @@ from .evaluation.runner import EVAL_STEP, evaluate_run
 from .loading import load_tokenizer
 from .masks import Encoded, encode_examples
 from .merge import merge_stage1
-from .plan import MERGED_DIR, StagePlan, plan_stages
+from .plan import MERGED_DIR, StagePlan, full_mode, plan_stages
 from .plots import plot_stage_losses
 from .recipe import Recipe
 from .rundir import RunRecord, remove_checkpoints
@@ -38,7 +38,8 @@ def run_recipe(recipe: Recipe, run_dir: Path, fresh: bool = False,
     """Train every stage not yet complete, then evaluate unless this evaluation is recorded."""
     record = RunRecord.open(run_dir, recipe, fresh)
     plans = plan_stages(recipe, run_dir)
-    steps = [plan.name for plan in plans] + ([MERGE_STEP] if len(plans) > 1 else [])
+    merges = len(plans) > 1 and not full_mode(recipe)
+    steps = [plan.name for plan in plans] + ([MERGE_STEP] if merges else [])
     if all(record.status(step) == "complete" for step in steps):
         say(f"{run_dir}: every stage is complete (--fresh starts over)")
     else:
@@ -59,7 +60,7 @@ def _train_stages(recipe: Recipe, plans: list[StagePlan], record: RunRecord,
     adds_tags = recipe.format.tags == "added_tokens" and STRATEGIES[recipe.strategy].tagged
     new_ids = tokenizer.convert_tokens_to_ids(list(ALL_TAGS)) if adds_tags else []
     for plan in plans:
-        if plan.name == "stage2" and record.status(MERGE_STEP) != "complete":
+        if plan.name == "stage2" and not full_mode(recipe) and record.status(MERGE_STEP) != "complete":
             _merge(recipe, plan, record, tokenizer, holdout, say)
         if record.status(plan.name) == "complete":
             continue

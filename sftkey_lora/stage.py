@@ -43,8 +43,10 @@ def train_stage(plan: StagePlan, inputs: StageInputs, run_dir: Path) -> dict[str
     started = time.perf_counter()
     tokenizer = inputs.tokenizer
     model = load_model(plan.model, plan.precision, vocab_size=len(tokenizer))
-    model = attach_lora(model, plan.config.lora, new_token_ids=inputs.new_token_ids,
-                        gradient_checkpointing=plan.config.training.gradient_checkpointing)
+    full = plan.config.training.mode == "full"
+    if not full:
+        model = attach_lora(model, plan.config.lora, new_token_ids=inputs.new_token_ids,
+                            gradient_checkpointing=plan.config.training.gradient_checkpointing)
     probe_collate = Collator(pad_id(tokenizer), plan.labels, with_segments=True)
     probe = SegmentLossProbe(list(batches(inputs.holdout, plan.config.training.batch_size, probe_collate)))
     # Logits only where labels are, unless this architecture changes logits after its head.
@@ -63,9 +65,12 @@ def train_stage(plan: StagePlan, inputs: StageInputs, run_dir: Path) -> dict[str
     result = trainer.train(resume_from_checkpoint=resume)
 
     tmp = run_dir / f".{plan.name}.tmp"
-    # Added tag rows are saved as the adapter's trainable tokens; the whole resized
-    # embedding (a GB for a 7B model) would only repeat them.
-    model.save_pretrained(tmp, save_embedding_layers=False)
+    if full:
+        trainer.save_model(str(tmp))  # the whole model, gathered from every process
+    else:
+        # Added tag rows are saved as the adapter's trainable tokens; the whole resized
+        # embedding (a GB for a 7B model) would only repeat them.
+        model.save_pretrained(tmp, save_embedding_layers=False)
     tokenizer.save_pretrained(tmp)
     replace_dir(tmp, run_dir / plan.name)
     seconds = time.perf_counter() - started

@@ -110,6 +110,27 @@ def test_bad_includes_are_named(tmp_path: Path, files: dict[str, str], expected:
         load_recipe(tmp_path / "r.yaml")
 
 
+def test_paper_recipes_are_the_papers_setting() -> None:
+    from sftkey_lora.plan import dry_run
+
+    runnable = [p for p in (ROOT / "recipes" / "paper").glob("*.yaml") if not p.name.startswith("_")]
+    recipes = [load_recipe(p) for p in runnable]
+    pairs = {(r.model.name_or_path, r.data.source) for r in recipes}
+    assert {("Qwen/Qwen2.5-7B", s) for s in ("gsm8k", "openbookqa", "openr1_math", "cot_collection")} <= pairs
+    assert len({model for model, source in pairs if source == "gsm8k"}) == 5
+    for recipe in recipes:
+        plan = dry_run(recipe, Path("/nonexistent"))
+        assert [stage["name"] for stage in plan["stages"]] == ["stage1", "stage2"]
+        for stage in plan["stages"]:
+            args = stage["training_args"]
+            assert stage["lora"] is None and stage["precision"] == "bf16"
+            assert (args["learning_rate"], args["weight_decay"], args["num_train_epochs"]) == (5e-6, 0.1, 3)
+            assert args["per_device_train_batch_size"] == 32 and args["bf16"] is True
+            assert args["warmup_steps"] == pytest.approx(0.5 / 3, abs=1e-3)  # half an epoch of three
+        assert plan["stages"][1]["base"].endswith("/stage1")  # stage 2 continues from stage 1
+    assert len({r.name for r in recipes}) == len(recipes)
+
+
 def test_qlora_recipes_cover_five_models_on_four_datasets() -> None:
     runnable = [p for p in (ROOT / "recipes" / "qlora").glob("*.yaml") if not p.name.startswith("_")]
     models = {load_recipe(p).model.name_or_path for p in runnable}

@@ -301,3 +301,37 @@ def test_a_run_is_reproducible(tmp_path) -> None:
         adapters.append(load_file(tmp_path / name / "stage1" / "adapter_model.safetensors"))
     assert adapters[0].keys() == adapters[1].keys()
     assert all(torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])
+
+
+def test_full_parameter_mode_trains_every_weight_and_continues_from_stage1(tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    from sftkey_lora.loading import resolve_model_path
+
+    overrides = SMALL + ["stages.stage1.training.max_steps=3", "stages.stage2.training.max_steps=2",
+                         "eval.tasks=[sftkey_synthetic]", "eval.limit=2", "eval.max_gen_toks=32"]
+    recipe = load_recipe(ROOT / "recipes" / "quickstart-full.yaml", overrides)
+    record = run_recipe(recipe, tmp_path / "out", say=lambda _: None)
+    steps = record.data["steps"]
+    assert list(steps) == ["stage1", "stage2", "eval"]  # no merge: there is no adapter to merge
+    run_dir = tmp_path / "out"
+    assert not (run_dir / "stage1-merged").exists()
+    base = load_file(f"{resolve_model_path('builtin:tiny')}/model.safetensors")
+    stage1 = load_file(run_dir / "stage1" / "model.safetensors")
+    stage2 = load_file(run_dir / "stage2" / "model.safetensors")
+    assert not (run_dir / "stage1" / "adapter_config.json").exists()
+
+    def moved(after: torch.Tensor, before: torch.Tensor) -> float:
+        rows = min(after.shape[0], before.shape[0])  # the embedding grew by the added tags
+        return (after[:rows] - before[:rows]).abs().max().item()
+
+    assert set(stage1) == set(base) and all(moved(stage1[n], base[n]) > 0 for n in base)  # every tensor
+    # Stage 2 started from the stage-1 weights: it moved them, less than stage 1 moved the base.
+    assert 0 < max(moved(stage2[n], stage1[n]) for n in base) < max(moved(stage1[n], base[n]) for n in base)
+    assert record.data["recipe"]["training"]["mode"] == "full"
+    assert steps["eval"]["status"] == "complete"
+
+
+def test_full_parameter_mode_needs_16bit_weights() -> None:
+    with pytest.raises(UserError, match="training.mode: full trains every weight in 16-bit"):
+        load_recipe(ROOT / "recipes" / "quickstart-full.yaml", ["model.quantization=nf4"])

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..loading import load_model, load_tokenizer
-from ..plan import plan_stages
+from ..plan import StagePlan, plan_stages
 from ..recipe import Recipe
 from ..rundir import RunRecord
 from .harness import evaluate
@@ -32,8 +32,6 @@ def evaluate_run(recipe: Recipe, record: RunRecord, tasks: list[str] | None = No
                  training: str | None = None, say: Say = _stderr) -> dict[str, Any]:
     """Evaluate the run's final model; metrics.json, samples/, report.md and plots/ go into the
     run directory, and the `eval` step of run.json records what was measured."""
-    from peft import PeftModel
-
     plans = plan_stages(recipe, record.run_dir)
     unfinished = [plan.name for plan in plans if record.status(plan.name) != "complete"]
     if unfinished:
@@ -41,20 +39,9 @@ def evaluate_run(recipe: Recipe, record: RunRecord, tasks: list[str] | None = No
                         "`sftkey-lora run` its recipe first")
     tasks = tasks if tasks is not None else recipe.eval_tasks()
     limit = limit if limit is not None else recipe.eval.limit
-    last = plans[-1]
-    adapter = record.run_dir / last.name
-    # The adapter directory holds the tokenizer it was trained with (tags included).
-    tokenizer = load_tokenizer(last.model.model_copy(update={"name_or_path": str(adapter), "revision": None}),
-                               recipe.format)
-    model = load_model(last.model, last.precision, vocab_size=len(tokenizer))
-    model = PeftModel.from_pretrained(model, str(adapter)).eval()
-    # lm-eval re-ties the embeddings. With trainable tag rows peft wraps the embedding, where
-    # transformers 5 no longer finds it by name; they were tied when the model loaded.
-    model.tie_weights = lambda *args, **kwargs: None
-    quantized = "4-bit NF4" if last.model.quantization == "nf4" else last.precision
-    described = (f"Model: `{last.model.name_or_path}` ({quantized}) with the `{last.name}` adapter; "
-                 f"strategy `{recipe.strategy}`; greedy decoding"
-                 f"{f', at most {limit} examples per task' if limit else ''}.")
+    model, tokenizer, described = _final_model(recipe, plans[-1], record.run_dir)
+    described += (f"strategy `{recipe.strategy}`; greedy decoding"
+                  f"{f', at most {limit} examples per task' if limit else ''}.")
     record.update_step(EVAL_STEP, status="running", tasks=tasks, limit=limit)
     started = time.perf_counter()
     metrics = evaluate(model, tokenizer, tasks, recipe.eval, {"recipe": recipe.model_dump(mode="json")},
@@ -63,6 +50,28 @@ def evaluate_run(recipe: Recipe, record: RunRecord, tasks: list[str] | None = No
     record.update_step(EVAL_STEP, status="complete", tasks=tasks, limit=limit, eval=recipe.eval.model_dump(
         mode="json"), seconds=round(time.perf_counter() - started, 1), metrics=metrics)
     return metrics
+
+
+def _final_model(recipe: Recipe, last: StagePlan, run_dir: Path) -> tuple[Any, Any, str]:
+    """The last stage's model as it trained (4-bit base + adapter, or the whole model), its
+    tokenizer (saved beside it, tags included) and a line saying what it is."""
+    from peft import PeftModel
+
+    saved = run_dir / last.name
+    tokenizer = load_tokenizer(last.model.model_copy(update={"name_or_path": str(saved), "revision": None}),
+                               recipe.format)
+    if last.config.training.mode == "full":
+        model = load_model(last.model.model_copy(update={"name_or_path": str(saved)}), last.precision,
+                           vocab_size=len(tokenizer)).eval()
+        return model, tokenizer, f"Model: `{saved}` ({last.precision}), every weight trained; "
+    model = load_model(last.model, last.precision, vocab_size=len(tokenizer))
+    model = PeftModel.from_pretrained(model, str(saved)).eval()
+    # lm-eval re-ties the embeddings. With trainable tag rows peft wraps the embedding, where
+    # transformers 5 no longer finds it by name; they were tied when the model loaded.
+    model.tie_weights = lambda *args, **kwargs: None
+    quantized = "4-bit NF4" if last.model.quantization == "nf4" else last.precision
+    described = f"Model: `{last.model.name_or_path}` ({quantized}) with the `{last.name}` adapter; "
+    return model, tokenizer, described
 
 
 def evaluate_model(recipe: Recipe, out_dir: Path, tasks: list[str] | None = None, limit: int | None = None,
