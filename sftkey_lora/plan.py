@@ -49,12 +49,12 @@ def plan_stages(recipe: Recipe, run_dir: Path) -> list[StagePlan]:
             update={"name_or_path": str(run_dir / base), "revision": None})
         plans.append(StagePlan(spec.name, spec.labels, model, config, precision,
                                training_arguments(config.training, precision, run_dir,
-                                                  pin_memory=cuda_available())))
+                                                  cuda=cuda_available())))
     return plans
 
 
 def training_arguments(cfg: TrainingConfig, precision: ResolvedPrecision, output_dir: Path,
-                       pin_memory: bool = False) -> dict[str, Any]:
+                       cuda: bool = False) -> dict[str, Any]:
     """Recipe `training` keys mapped to TrainingArguments. Checkpoints go to the run directory
     itself (`checkpoint-N/`); the stage's own callbacks draw the progress bar."""
     return {
@@ -74,6 +74,7 @@ def training_arguments(cfg: TrainingConfig, precision: ResolvedPrecision, output
         "gradient_checkpointing": cfg.gradient_checkpointing,
         "gradient_checkpointing_kwargs": {"use_reentrant": False},
         "seed": cfg.seed,
+        "train_sampling_strategy": "random" if cfg.shuffle else "sequential",
         "logging_strategy": "steps",
         "logging_steps": cfg.logging_steps,
         "save_strategy": "steps",
@@ -84,7 +85,9 @@ def training_arguments(cfg: TrainingConfig, precision: ResolvedPrecision, output
         "include_num_input_tokens_seen": "non_padding",
         "average_tokens_across_devices": True,
         "disable_tqdm": True,
-        "dataloader_pin_memory": pin_memory,  # only a GPU has pinned memory to use
+        "dataloader_pin_memory": cuda,  # only a GPU has pinned memory to use
+        # Without a GPU, say so: only then do several processes (torchrun) train as one, over gloo.
+        "use_cpu": not cuda,
     }
 
 

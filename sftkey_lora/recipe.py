@@ -127,6 +127,7 @@ class TrainingConfig(_Section):
     # Padding-free: the `batch_size` examples of a batch go into one row, attention kept
     # inside each example (no compute spent on padding).
     packing: bool = False
+    shuffle: bool = True  # false: examples in file order (a curriculum, or comparable runs)
     seed: int = 0
     logging_steps: int = Field(10, gt=0)
     save_steps: int = Field(100, gt=0)

@@ -18,6 +18,7 @@ from typing import Any
 
 from .collate import Collator, batches, pad_id
 from .data import load_examples
+from .distributed import is_main, wait_for_everyone
 from .errors import UserError
 from .evaluation.runner import EVAL_STEP, evaluate_run
 from .loading import load_tokenizer
@@ -35,7 +36,10 @@ MERGE_STEP = "merge"
 
 def run_recipe(recipe: Recipe, run_dir: Path, fresh: bool = False,
                say: Callable[[str], None] = lambda text: print(text, file=sys.stderr)) -> RunRecord:
-    """Train every stage not yet complete, then evaluate unless this evaluation is recorded."""
+    """Train every stage not yet complete, then evaluate unless this evaluation is recorded.
+    With several processes all train; the main one alone merges, evaluates and reports."""
+    if not is_main():
+        say = _silent
     record = RunRecord.open(run_dir, recipe, fresh)
     plans = plan_stages(recipe, run_dir)
     merges = len(plans) > 1 and not full_mode(recipe)
@@ -46,11 +50,17 @@ def run_recipe(recipe: Recipe, run_dir: Path, fresh: bool = False,
         _train_stages(recipe, plans, record, say)
     summary = summary_table(record)
     say(summary)
+    if not is_main():
+        return record
     if recipe.eval_tasks() and not _evaluated(recipe, record):
         evaluate_run(recipe, record, training=summary, say=say)
     elif recipe.data.source == "jsonl" and recipe.eval.tasks == "auto" and recipe.eval.path is None:
         say("eval: skipped; set eval.path to a test file in the jsonl schema to evaluate on it")
     return record
+
+
+def _silent(text: str) -> None:
+    """What processes other than the main one say: nothing, the main one says it all."""
 
 
 def _train_stages(recipe: Recipe, plans: list[StagePlan], record: RunRecord,
@@ -99,27 +109,37 @@ def _train(recipe: Recipe, plan: StagePlan, record: RunRecord, tokenizer: Any, t
            holdout: list[Encoded], new_ids: list[int]) -> None:
     from .stage import StageInputs, train_stage
 
-    if record.status(plan.name) != "running":
+    if record.status(plan.name) != "running" and is_main():
         remove_checkpoints(record.run_dir)  # left by an earlier stage, never this one's
+    wait_for_everyone()  # every process resumes from the same checkpoint, or none
     record.update_step(plan.name, status="running", started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     if plan.model != recipe.model:  # stage 2 reads the merged model's own tokenizer
         tokenizer = load_tokenizer(plan.model, recipe.format)
     inputs = StageInputs(tokenizer, train, holdout, new_ids)
     outcome = train_stage(plan, inputs, record.run_dir)
-    plot_stage_losses(outcome["log_history"], plan.name, record.run_dir / "plots" / f"{plan.name}_loss.png")
-    record.update_step(plan.name, status="complete", **outcome)
-    remove_checkpoints(record.run_dir)
+    plot = record.run_dir / "plots" / f"{plan.name}_loss.png"
+    if is_main():
+        plot_stage_losses(outcome["log_history"], plan.name, plot)
+    record.update_step(plan.name, status="complete", **outcome)  # written by the main process
+    if is_main():
+        remove_checkpoints(record.run_dir)
+    wait_for_everyone()
 
 
 def _merge(recipe: Recipe, plan: StagePlan, record: RunRecord, tokenizer: Any, holdout: list[Encoded],
            say: Callable[[str], None]) -> None:
     say(f"merging stage1 into 16-bit weights ({recipe.merge.base} base) ...")
+    if not is_main():  # the main process merges; the others wait for stage1-merged/
+        wait_for_everyone()
+        record.update_step(MERGE_STEP, status="complete")
+        return
     started = time.perf_counter()
     probe = list(batches(holdout, plan.config.training.batch_size, Collator(pad_id(tokenizer), "full")))
     outcome = merge_stage1(recipe.model, record.run_dir / "stage1", record.run_dir / MERGED_DIR,
                            tokenizer, probe, plan.precision, recipe.merge.base)
     seconds = round(time.perf_counter() - started, 1)
     record.update_step(MERGE_STEP, status="complete", seconds=seconds, **outcome)
+    wait_for_everyone()
 
 
 def summary_table(record: RunRecord) -> str:

@@ -17,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .distributed import is_main, wait_for_everyone, world_size
 from .errors import UserError, first_line
 from .hardware import device_summary
 from .recipe import Recipe, apply_override, validate_recipe
@@ -34,32 +35,26 @@ class RunRecord:
 
     @classmethod
     def open(cls, run_dir: Path, recipe: Recipe, fresh: bool) -> RunRecord:
-        """The record of `run_dir`: resumed if it holds this recipe's run, new if empty."""
+        """The record of `run_dir`: resumed if it holds this recipe's run, new if empty. With
+        several processes the main one writes it and the others read it."""
         file = run_dir / RUN_FILE
-        if run_dir.exists() and not file.exists() and any(run_dir.iterdir()):
-            raise UserError(f"--output {run_dir}: the directory is not empty and holds no {RUN_FILE}; "
-                            "choose an empty or new directory")
-        if fresh and file.exists():
-            shutil.rmtree(run_dir)
         resolved = recipe.model_dump(mode="json")
-        if file.exists():
-            data = _read(file)
-            trained = _training_part(data.get("recipe") or {})
-            if trained != _training_part(resolved):
-                keys = ", ".join(_differences(trained, _training_part(resolved))) or "its layout"
-                raise UserError(f"{file}: this run directory holds a run of another recipe (differs in "
-                                f"{keys}); rerun with --fresh to start over, or choose another --output")
-            record = cls(run_dir, data)
-            record.update(recipe=resolved)  # evaluation settings may change between runs
-            return record
-        run_dir.mkdir(parents=True, exist_ok=True)
-        record = cls(run_dir, {
-            "recipe": resolved, "versions": package_versions(), "git_commit": git_commit(),
-            "device": device_summary(),
-            "created": _now(), "steps": {},
-        })
-        record.save()
-        return record
+        _refuse_other_contents(run_dir, resolved, fresh)  # every process alike: nothing written yet
+        if is_main():
+            if fresh and file.exists():
+                shutil.rmtree(run_dir)
+            if file.exists():
+                record = cls(run_dir, _read(file))
+                record.update(recipe=resolved)  # evaluation settings may change between runs
+            else:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                record = cls(run_dir, {
+                    "recipe": resolved, "versions": package_versions(), "git_commit": git_commit(),
+                    "device": device_summary(), "world_size": world_size(), "created": _now(), "steps": {},
+                })
+                record.save()
+        wait_for_everyone()
+        return record if is_main() else cls(run_dir, _read(file))
 
     def status(self, step: str) -> str:
         return self.data["steps"].get(step, {}).get("status", "pending")
@@ -73,7 +68,22 @@ class RunRecord:
         self.save()
 
     def save(self) -> None:
-        write_json_atomic(self.run_dir / RUN_FILE, self.data)
+        if is_main():
+            write_json_atomic(self.run_dir / RUN_FILE, self.data)
+
+
+def _refuse_other_contents(run_dir: Path, resolved: dict[str, Any], fresh: bool) -> None:
+    """A directory that is neither empty, nor new, nor a run of this recipe is never written into."""
+    file = run_dir / RUN_FILE
+    if run_dir.exists() and not file.exists() and any(run_dir.iterdir()):
+        raise UserError(f"--output {run_dir}: the directory is not empty and holds no {RUN_FILE}; "
+                        "choose an empty or new directory")
+    if file.exists() and not fresh:
+        trained = _training_part(_read(file).get("recipe") or {})
+        if trained != _training_part(resolved):
+            keys = ", ".join(_differences(trained, _training_part(resolved))) or "its layout"
+            raise UserError(f"{file}: this run directory holds a run of another recipe (differs in "
+                            f"{keys}); rerun with --fresh to start over, or choose another --output")
 
 
 def recorded_recipe(run_dir: Path, overrides: list[str] | None = None) -> Recipe:

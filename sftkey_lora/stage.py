@@ -14,6 +14,7 @@ from typing import Any
 
 from .callbacks import KEY_KEY, THINKING_KEY, SegmentLossProbe, StageProgress
 from .collate import Collator, batches, pad_id
+from .distributed import is_main, wait_for_everyone
 from .hardware import peak_memory, reset_peak_memory
 from .loading import load_model
 from .lora import attach_lora
@@ -66,13 +67,15 @@ def train_stage(plan: StagePlan, inputs: StageInputs, run_dir: Path) -> dict[str
 
     tmp = run_dir / f".{plan.name}.tmp"
     if full:
-        trainer.save_model(str(tmp))  # the whole model, gathered from every process
-    else:
+        trainer.save_model(str(tmp))  # every process takes part (sharded weights); the main one writes
+    elif is_main():
         # Added tag rows are saved as the adapter's trainable tokens; the whole resized
         # embedding (a GB for a 7B model) would only repeat them.
         model.save_pretrained(tmp, save_embedding_layers=False)
-    tokenizer.save_pretrained(tmp)
-    replace_dir(tmp, run_dir / plan.name)
+    if is_main():
+        tokenizer.save_pretrained(tmp)
+        replace_dir(tmp, run_dir / plan.name)
+    wait_for_everyone()
     seconds = time.perf_counter() - started
     tokens = trainer.state.num_input_tokens_seen - before.num_input_tokens_seen
     history = trainer.state.log_history

@@ -1,0 +1,34 @@
+"""Several processes (torchrun, accelerate launch): who writes, and waiting for one another.
+
+Every process trains; only the main one writes the run directory (run.json, adapters,
+merged weights, plots, evaluation), and the others wait where they need its files.
+accelerate's `PartialState` sets up the process group (NCCL on GPUs, gloo on a CPU).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from typing import Any
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+@cache
+def _state() -> Any:
+    import torch
+    from accelerate import PartialState
+
+    # Without `cpu`, processes on a machine without a GPU would each think they are alone.
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def is_main() -> bool:
+    return world_size() == 1 or _state().is_main_process
+
+
+def wait_for_everyone() -> None:
+    if world_size() > 1:
+        _state().wait_for_everyone()
