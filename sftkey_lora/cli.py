@@ -42,6 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print the resolved plan of every stage; load no model or data")
     run.add_argument("--json", action="store_true", help="print JSON (the plan, or run.json at the end)")
 
+    _eval_parsers(commands)
+
+    tiny = commands.add_parser("build-tiny", help="rebuild the built-in tiny model from scratch")
+    tiny.add_argument("--output", type=Path, default=None,
+                      help="where to write it (default: the package's builtin/tiny)")
+    tiny.add_argument("--steps", type=int, help="pre-training steps (default 3000)")
+    tiny.add_argument("--seed", type=int, help="seed of data and initialisation (default 0)")
+    return parser
+
+
+def _eval_parsers(commands: argparse._SubParsersAction) -> None:
     comparison = commands.add_parser("compare", help="train and evaluate sft, sft_tag, key_tag and "
                                      "sftkey_tag with the recipe's settings; write the comparison")
     _recipe_args(comparison)
@@ -62,13 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
                                "a run's go into its directory")
     evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                           help="override a recipe field, e.g. eval.alpha=0.5")
-
-    tiny = commands.add_parser("build-tiny", help="rebuild the built-in tiny model from scratch")
-    tiny.add_argument("--output", type=Path, default=None,
-                      help="where to write it (default: the package's builtin/tiny)")
-    tiny.add_argument("--steps", type=int, help="pre-training steps (default 3000)")
-    tiny.add_argument("--seed", type=int, help="seed of data and initialisation (default 0)")
-    return parser
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:

@@ -65,17 +65,7 @@ def train_stage(plan: StagePlan, inputs: StageInputs, run_dir: Path) -> dict[str
     before = TrainerState.load_from_json(f"{resume}/trainer_state.json") if resume else TrainerState()
     result = trainer.train(resume_from_checkpoint=resume)
 
-    tmp = run_dir / f".{plan.name}.tmp"
-    if full:
-        trainer.save_model(str(tmp))  # every process takes part (sharded weights); the main one writes
-    elif is_main():
-        # Added tag rows are saved as the adapter's trainable tokens; the whole resized
-        # embedding (a GB for a 7B model) would only repeat them.
-        model.save_pretrained(tmp, save_embedding_layers=False)
-    if is_main():
-        tokenizer.save_pretrained(tmp)
-        replace_dir(tmp, run_dir / plan.name)
-    wait_for_everyone()
+    _save(trainer, tokenizer, run_dir / plan.name, full)
     seconds = time.perf_counter() - started
     tokens = trainer.state.num_input_tokens_seen - before.num_input_tokens_seen
     history = trainer.state.log_history
@@ -91,4 +81,19 @@ def train_stage(plan: StagePlan, inputs: StageInputs, run_dir: Path) -> dict[str
         "heldout_thinking_loss": {"before": probes[0][THINKING_KEY], "after": probes[-1][THINKING_KEY]},
         "log_history": history,
     }
+
+
+def _save(trainer: Any, tokenizer: Any, final: Path, full: bool) -> None:
+    """The stage's weights and tokenizer, written under a temporary name, then renamed."""
+    tmp = final.with_name(f".{final.name}.tmp")
+    if full:
+        trainer.save_model(str(tmp))  # every process takes part (sharded weights); the main one writes
+    elif is_main():
+        # Added tag rows are saved as the adapter's trainable tokens; the whole resized
+        # embedding (a GB for a 7B model) would only repeat them.
+        trainer.model.save_pretrained(tmp, save_embedding_layers=False)
+    if is_main():
+        tokenizer.save_pretrained(tmp)
+        replace_dir(tmp, final)
+    wait_for_everyone()
 
