@@ -8,7 +8,8 @@ from sftkey_lora.recipe import PAPER_SYSTEM_PROMPT, Recipe, load_recipe
 
 from .conftest import QUICKSTART, ROOT
 
-ALL_RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
+LAUNCH_CONFIGS = sorted((ROOT / "recipes" / "accelerate").glob("*.yaml"))  # accelerate's, not recipes
+ALL_RECIPES = sorted(set((ROOT / "recipes").rglob("*.yaml")) - set(LAUNCH_CONFIGS))
 
 
 @pytest.mark.parametrize("path", ALL_RECIPES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -129,6 +130,20 @@ def test_paper_recipes_are_the_papers_setting() -> None:
             assert args["warmup_steps"] == pytest.approx(0.5 / 3, abs=1e-3)  # half an epoch of three
         assert plan["stages"][1]["base"].endswith("/stage1")  # stage 2 continues from stage 1
     assert len({r.name for r in recipes}) == len(recipes)
+
+
+@pytest.mark.parametrize("path", LAUNCH_CONFIGS, ids=lambda p: p.name)
+def test_launch_configs_are_accelerate_configs_for_8_gpus(path: Path) -> None:
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(path))
+    assert config.num_processes == 8 and config.mixed_precision == "bf16" and not config.use_cpu
+    sharded = config.fsdp_config.get("fsdp_sharding_strategy") == "FULL_SHARD" or (
+        config.deepspeed_config.get("zero_stage") == 3)
+    assert sharded
+    command = f"# accelerate launch --config_file recipes/accelerate/{path.name} -m sftkey_lora run"
+    assert path.read_text().startswith(command)
+    assert len(LAUNCH_CONFIGS) == 2
 
 
 def test_qlora_recipes_cover_five_models_on_four_datasets() -> None:
