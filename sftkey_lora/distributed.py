@@ -32,3 +32,10 @@ def is_main() -> bool:
 def wait_for_everyone() -> None:
     if world_size() > 1:
         _state().wait_for_everyone()
+
+
+def sharded() -> bool:
+    """Whether FSDP or DeepSpeed ZeRO shards the weights (accelerate launch sets these), so a
+    layer's weights are whole only inside the model's own forward pass."""
+    return any(os.environ.get(flag, "false").lower() == "true"
+               for flag in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"))

@@ -14,7 +14,7 @@ from typing import Any
 
 from .callbacks import KEY_KEY, THINKING_KEY, SegmentLossProbe, StageProgress
 from .collate import Collator, batches, pad_id
-from .distributed import is_main, wait_for_everyone
+from .distributed import is_main, sharded, wait_for_everyone
 from .hardware import peak_memory, reset_peak_memory
 from .loading import load_model
 from .lora import attach_lora
@@ -50,9 +50,10 @@ def train_stage(plan: StagePlan, inputs: StageInputs, run_dir: Path) -> dict[str
                             gradient_checkpointing=plan.config.training.gradient_checkpointing)
     probe_collate = Collator(pad_id(tokenizer), plan.labels, with_segments=True)
     probe = SegmentLossProbe(list(batches(inputs.holdout, plan.config.training.batch_size, probe_collate)))
-    # Logits only where labels are, unless this architecture changes logits after its head.
+    # Logits only where labels are, unless this architecture changes logits after its head, or
+    # the head's weights are sharded (whole only inside the model's forward).
     head = model.get_output_embeddings()
-    hidden_only = projects_like_the_model(model, probe.batches[0], head)
+    hidden_only = not sharded() and projects_like_the_model(model, probe.batches[0], head)
     trainer = Trainer(
         model=model, args=TrainingArguments(**plan.training_args), train_dataset=inputs.train,
         data_collator=Collator(pad_id(tokenizer), plan.labels, hidden_only=hidden_only,
