@@ -44,3 +44,15 @@ def test_two_processes_follow_the_single_process_loss_curve(tmp_path) -> None:
         for one, two in zip(ones, twos, strict=True):  # the same curve, up to float summation order
             assert abs(one - two) <= 1e-3 * max(one, two), (stage, ones, twos)
     assert (tmp_path / "two" / "stage2" / "model.safetensors").is_file()
+
+
+def test_sharded_training_is_recognised(monkeypatch) -> None:
+    """FSDP and ZeRO-3 keep the head's weights whole only inside the forward: the loss then
+    falls back to full logits."""
+    from sftkey_lora.distributed import sharded
+
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
+    assert not sharded()
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    assert sharded()

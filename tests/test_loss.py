@@ -208,11 +208,3 @@ def test_segment_losses_split_thinking_from_key(tiny_tokenizer, rows) -> None:
     key_only = causal_lm_loss(outputs, batch["labels"]).item()  # key labels: the same tokens
     assert losses["key"] == pytest.approx(key_only, rel=1e-5)
     assert losses["thinking"] > 0 and losses["thinking"] != pytest.approx(losses["key"])
-
-
-def test_sharded_training_is_recognised(monkeypatch) -> None:
-    from sftkey_lora.distributed import sharded
-
-    assert not sharded()
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    assert sharded()
