@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _eval_parsers(commands)
 
+    commands.add_parser("tasks-dir", help="print where the sftkey_* lm-eval tasks are (for --include_path)")
+
     tiny = commands.add_parser("build-tiny", help="rebuild the built-in tiny model from scratch")
     tiny.add_argument("--output", type=Path, default=None,
                       help="where to write it (default: the package's builtin/tiny)")
@@ -153,6 +155,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
     evaluate_model(recipe, output, args.tasks, args.limit)
 
 
+def cmd_tasks_dir(args: argparse.Namespace) -> None:
+    from .evaluation.harness import tasks_dir
+
+    print(tasks_dir())
+
+
 def cmd_build_tiny(args: argparse.Namespace) -> None:
     from .loading import BUILTIN_DIR
     from .tiny_model import build_tiny
@@ -164,7 +172,7 @@ def cmd_build_tiny(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"inspect": cmd_inspect, "run": cmd_run, "eval": cmd_eval, "compare": cmd_compare,
-            "build-tiny": cmd_build_tiny}
+            "tasks-dir": cmd_tasks_dir, "build-tiny": cmd_build_tiny}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from sftkey_lora.errors import UserError
-from sftkey_lora.evaluation.harness import TASKS_DIR, task_manager
+from sftkey_lora.evaluation.harness import task_manager, tasks_dir
 from sftkey_lora.evaluation.tasks import TASKS, build_docs
 from sftkey_lora.recipe import FormatConfig, Recipe
 from sftkey_lora.render import render_prompt
@@ -33,14 +33,14 @@ def test_every_task_and_the_group_is_found_by_lm_eval() -> None:
     assert set(LOCAL_FILES) == set(TASKS)
     manager = task_manager({})
     assert set(TASKS) | {"sftkey"} <= set(manager.all_tasks)
-    yaml_tasks = {path.stem for path in TASKS_DIR.glob("sftkey_*.yaml")}
+    yaml_tasks = {path.stem for path in tasks_dir().glob("sftkey_*.yaml")}
     assert yaml_tasks == set(TASKS)  # no YAML that lm-eval would skip without a word
 
 
 def test_lm_eval_validate_accepts_every_task() -> None:
     tasks = ",".join([*TASKS, "sftkey"])
     done = subprocess.run([sys.executable, "-m", "lm_eval", "validate", "--tasks", tasks,
-                           "--include_path", str(TASKS_DIR)], capture_output=True, text=True, timeout=300)
+                           "--include_path", str(tasks_dir())], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "All tasks found and valid" in done.stdout
 
@@ -138,3 +138,19 @@ def test_a_hub_task_offline_says_how_to_give_a_local_file() -> None:
         build_docs("sftkey_gsm8k", {})
     message = str(caught.value)
     assert "sftkey_gsm8k" in message and "openai/gsm8k" in message and "eval.path" in message
+
+
+def test_a_wheel_carries_the_tasks(tmp_path) -> None:
+    """Installed from a wheel, the tasks land in <prefix>/share/sftkey-lora/eval_tasks, the
+    second place `tasks_dir` looks."""
+    import zipfile
+
+    from .conftest import ROOT
+
+    command = [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-q", "-w", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    names = zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist()
+    shipped = {name.rsplit("/", 1)[-1] for name in names if "/data/share/sftkey-lora/eval_tasks/" in name}
+    expected = {path.name for path in tasks_dir().iterdir() if path.is_file() and path.suffix != ".pyc"}
+    assert shipped == expected

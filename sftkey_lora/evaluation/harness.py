@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import statistics
 import sys
+import sysconfig
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,19 +23,27 @@ from ..rundir import replace_dir, write_json_atomic
 from .answers import grade
 from .judge import Case, judge_all
 
-TASKS_DIR = Path(__file__).resolve().parents[2] / "eval_tasks"
+# ./eval_tasks of a checkout, else the copy a wheel installs under <prefix>/share.
+TASKS_DIRS = (Path(__file__).resolve().parents[2] / "eval_tasks",
+              Path(sysconfig.get_path("data")) / "share" / "sftkey-lora" / "eval_tasks")
 METRICS_FILE = "metrics.json"
 SAMPLES_DIR = "samples"
 METRICS = ("acc", "fmt", "score")
 
 
+def tasks_dir() -> Path:
+    """Where the sftkey_* task definitions are (lm_eval's --include_path)."""
+    for folder in TASKS_DIRS:
+        if (folder / "_sftkey_template_yaml").is_file():
+            return folder
+    raise UserError(f"eval: the task definitions are in none of {', '.join(map(str, TASKS_DIRS))}; "
+                    "reinstall sftkey-lora")
+
+
 def task_manager(metadata: dict[str, Any]):
     from lm_eval.tasks import TaskManager
 
-    if not (TASKS_DIR / "_sftkey_template_yaml").is_file():
-        raise UserError(f"eval: the task definitions are not at {TASKS_DIR}; evaluation runs from a "
-                        "checkout of sftkey-lora (pip install -e .)")
-    return TaskManager(include_path=str(TASKS_DIR), metadata=metadata)
+    return TaskManager(include_path=str(tasks_dir()), metadata=metadata)
 
 
 def evaluate(model: Any, tokenizer: Any, tasks: list[str], cfg: EvalConfig, metadata: dict[str, Any],
