@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from .callbacks import KEY_KEY
+from .errors import UserError
 from .evaluation.report import results_table
 from .evaluation.runner import EVAL_STEP
 from .plots import plot_key_loss_curves, plot_metric_bars
 from .recipe import Recipe
 from .run import run_recipe
-from .rundir import RunRecord
+from .rundir import RunRecord, write_text_atomic
 
 COMPARED = ("sft", "sft_tag", "key_tag", "sftkey_tag")
 BASELINE = "sft"
@@ -31,6 +32,9 @@ REPORT_FILE = "comparison.md"
 def compare(recipe: Recipe, out_dir: Path, fresh: bool = False,
             say: Callable[[str], None] = lambda text: print(text, file=sys.stderr)) -> dict[str, Any]:
     """Run every strategy (skipping what is already complete) and write the comparison."""
+    if not recipe.eval_tasks():
+        raise UserError("eval.tasks: a comparison is made of evaluations; give the tasks to evaluate on "
+                        "(and eval.path for a jsonl source)")
     records: dict[str, RunRecord] = {}
     seconds: dict[str, float] = {}
     for strategy in COMPARED:
@@ -44,7 +48,7 @@ def compare(recipe: Recipe, out_dir: Path, fresh: bool = False,
     plot_key_loss_curves({name: key_loss_history(record) for name, record in records.items()},
                          out_dir / "key_loss.png")
     report = comparison_markdown(recipe, results, records, seconds)
-    (out_dir / REPORT_FILE).write_text(report, encoding="utf-8")
+    write_text_atomic(out_dir / REPORT_FILE, report)
     say(report)
     return results
 

@@ -53,3 +53,9 @@ def test_compare_runs_every_strategy_and_writes_the_comparison(cli, tmp_path) ->
     assert "sftkey_tag" in err and "| sft |" in err  # the table is printed too
 
 
+
+
+def test_compare_needs_tasks_to_evaluate_on(cli, tmp_path) -> None:
+    code, _, err = cli("compare", str(QUICKSTART), "--output", str(tmp_path / "cmp"), "--set=eval.tasks=[]")
+    assert code == 2 and "eval.tasks: a comparison is made of evaluations" in err
+    assert not (tmp_path / "cmp").exists()

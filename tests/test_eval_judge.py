@@ -92,12 +92,12 @@ def test_an_endpoint_that_is_down_never_stops_the_evaluation() -> None:
 def test_judge_verdicts_replace_the_exact_check_where_given(judge_url, monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("SFTKEY_JUDGE_API_KEY", SECRET)
     doc = {"reference": "7", "kind": "math", "labels": [], "alpha": 0.7}
-    outputs = {"q1": "<Thinking>x</Thinking><Answer>seven, i.e. 7</Answer>",  # judge: yes
-               "q2": "<Thinking>x</Thinking><Answer>7 or 8</Answer>",  # judge: no (exact check says 7)
-               "SLOW": "<Thinking>x</Thinking><Answer>7</Answer>"}  # no verdict: exact check stays
-    records = [{"doc": {**doc, "question": q}, "resps": [[out]], "acc": a, "fmt": 1.0, "score": 0.7 * a + 0.3}
-               for (q, out), a in zip(outputs.items(), (1.0, 1.0, 1.0), strict=True)]
-    records[1]["doc"]["reference"] = "8 exactly"
+    # (question, reference, output): the exact check calls each of them right.
+    cases = [("q1", "7", "<Thinking>x</Thinking><Answer>seven, i.e. 7</Answer>"),  # judge: yes
+             ("q2", "8 exactly", "<Thinking>x</Thinking><Answer>7 or 8</Answer>"),  # judge: no
+             ("SLOW", "7", "<Thinking>x</Thinking><Answer>7</Answer>")]  # no verdict: exact check stays
+    records = [{"doc": {**doc, "question": q, "reference": ref}, "resps": [[out]], "acc": 1.0, "fmt": 1.0,
+                "score": 1.0} for q, ref, out in cases]
     messages: list[str] = []
     rows, metrics = grade_samples(records, EvalConfig(judge=config(judge_url)), messages.append)
     assert [row["judge"] for row in rows] == [True, False, None]

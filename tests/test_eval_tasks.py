@@ -143,14 +143,21 @@ def test_a_hub_task_offline_says_how_to_give_a_local_file() -> None:
 def test_a_wheel_carries_the_tasks(tmp_path) -> None:
     """Installed from a wheel, the tasks land in <prefix>/share/sftkey-lora/eval_tasks, the
     second place `tasks_dir` looks."""
+    import shutil
     import zipfile
 
     from .conftest import ROOT
 
-    command = [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-q", "-w", str(tmp_path)]
+    source = tmp_path / "src"  # a copy: building writes build/ beside the sources
+    for name in ("sftkey_lora", "eval_tasks"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    dist = tmp_path / "dist"
+    command = [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "-q", "-w", str(dist)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    names = zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist()
+    names = zipfile.ZipFile(next(dist.glob("*.whl"))).namelist()
     shipped = {name.rsplit("/", 1)[-1] for name in names if "/data/share/sftkey-lora/eval_tasks/" in name}
     expected = {path.name for path in tasks_dir().iterdir() if path.is_file() and path.suffix != ".pyc"}
     assert shipped == expected

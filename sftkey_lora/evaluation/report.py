@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..plots import cell, plot_metric_bars, table_columns
+from ..rundir import write_text_atomic
 
 Results = dict[str, dict[str, dict[str, Any]]]  # row label -> task -> {acc, fmt, score, ...}
 REPORT_FILE = "report.md"
@@ -55,7 +56,5 @@ def write_run_report(out_dir: Path, label: str, metrics: dict[str, dict[str, Any
     plots = sorted(path.name for path in (out_dir / "plots").glob("*.png"))
     parts += ["## Plots", ""] + [f"![{name}](plots/{name})" for name in plots]
     path = out_dir / REPORT_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(parts) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, "\n".join(parts) + "\n")
     return path

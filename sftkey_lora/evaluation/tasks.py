@@ -27,7 +27,7 @@ from typing import Any
 
 from ..data import load_examples
 from ..errors import UserError
-from ..recipe import DataConfig, EvalConfig, FormatConfig, Recipe, load_recipe, validate_recipe
+from ..recipe import DataConfig, EvalConfig, FormatConfig, ModelConfig, Recipe, load_recipe, validate_recipe
 from ..render import render_prompt
 from ..rundir import RUN_FILE, recorded_recipe
 from .answers import AnswerKind, grade
@@ -131,5 +131,5 @@ def _chat_tokenizer(fmt: FormatConfig, recipe: Recipe | None, metadata: dict[str
     name = metadata.get("pretrained") or (model.name_or_path if model else None)
     if not isinstance(name, str):
         raise UserError("format.template: chat needs the model's tokenizer; pass pretrained=PATH")
-    base = model or Recipe().model
+    base = model or ModelConfig()
     return load_tokenizer(base.model_copy(update={"name_or_path": name}), fmt)
