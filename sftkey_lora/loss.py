@@ -23,7 +23,14 @@ from torch.utils.checkpoint import checkpoint
 
 from .masks import IGNORE
 
-CHUNK_TOKENS = 1024  # labelled positions projected at once: [1024, vocab] logits at a time
+# Logits (positions x vocabulary) projected at once: a 64 MiB fp32 tile, three of which (the
+# logits, their log-softmax, its gradient) are alive in a chunk's backward. With a 152k
+# vocabulary that is 110 positions a chunk; with a small one, the whole batch.
+CHUNK_LOGITS = 2**24
+
+
+def tokens_per_chunk(vocab_size: int, budget: int = CHUNK_LOGITS) -> int:
+    return max(1, budget // vocab_size)
 
 
 def causal_lm_loss(outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
@@ -40,9 +47,9 @@ class LabelledLogitsLoss:
     """`compute_loss_func` for a model run with `output_hidden_states=True` and
     `logits_to_keep=<empty>`: the same value and gradients as `causal_lm_loss` on full logits."""
 
-    def __init__(self, head: torch.nn.Module, chunk_tokens: int = CHUNK_TOKENS) -> None:
+    def __init__(self, head: torch.nn.Module, chunk_tokens: int | None = None) -> None:
         self.head = head  # the model's output embedding (with any trainable tag rows)
-        self.chunk_tokens = chunk_tokens
+        self.chunk_tokens = chunk_tokens or tokens_per_chunk(head.weight.shape[0])
 
     def __call__(self, outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
         hidden = outputs.hidden_states[-1]  # [b, t, h]: after the final norm

@@ -13,7 +13,13 @@ from sftkey_lora.data import DataReport
 from sftkey_lora.data.synthetic import synthetic_split
 from sftkey_lora.loading import load_model
 from sftkey_lora.lora import attach_lora
-from sftkey_lora.loss import LabelledLogitsLoss, causal_lm_loss, projects_like_the_model, segment_losses
+from sftkey_lora.loss import (
+    CHUNK_LOGITS,
+    LabelledLogitsLoss,
+    causal_lm_loss,
+    projects_like_the_model,
+    segment_losses,
+)
 from sftkey_lora.masks import IGNORE, encode_examples
 from sftkey_lora.plan import training_arguments
 from sftkey_lora.recipe import FormatConfig, LoraSection, ModelConfig, TrainingConfig
@@ -208,3 +214,12 @@ def test_segment_losses_split_thinking_from_key(tiny_tokenizer, rows) -> None:
     key_only = causal_lm_loss(outputs, batch["labels"]).item()  # key labels: the same tokens
     assert losses["key"] == pytest.approx(key_only, rel=1e-5)
     assert losses["thinking"] > 0 and losses["thinking"] != pytest.approx(losses["key"])
+
+
+@pytest.mark.parametrize("vocab", [570, 32_000, 151_936, 2**25])
+def test_chunks_hold_a_bounded_number_of_logits(vocab) -> None:
+    head = torch.nn.Linear(8, vocab, bias=False, device="meta")
+    chunk = LabelledLogitsLoss(head).chunk_tokens
+    assert chunk >= 1
+    assert chunk * vocab <= max(CHUNK_LOGITS, vocab)  # one position at least, however large the vocabulary
+    assert (chunk + 1) * vocab > CHUNK_LOGITS  # and as many as fit
