@@ -41,20 +41,38 @@ def device_summary() -> dict[str, Any]:
 
 
 def reset_peak_memory() -> None:
+    """Start a new peak: GPU memory statistics, or on Linux the process's peak resident set
+    (VmHWM, reset through /proc/self/clear_refs), so each stage reports its own peak."""
     import torch
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+    except OSError:
+        pass  # not Linux, or not allowed: the peak then runs from the process's start
 
 
 def peak_memory() -> dict[str, Any]:
     """Peak GPU memory allocated since the last reset; on a CPU, the process's peak resident
-    set, which only grows, so a later stage reports at least an earlier one's figure."""
+    set since the last reset (Linux), or since it started."""
     import torch
 
     if torch.cuda.is_available():
         return {"peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1),
                 "memory_kind": "cuda_max_allocated"}
-    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
-    return {"peak_memory_mb": round(rss_kib * scale / 2**20, 1), "memory_kind": "process_peak_rss"}
+    return {"peak_memory_mb": round(_peak_rss_bytes() / 2**20, 1), "memory_kind": "process_peak_rss"}
+
+
+def _peak_rss_bytes() -> int:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024  # bytes on macOS, KiB on Linux
