@@ -2,7 +2,7 @@
 
 The model is asked for its final hidden states and no logits (`Collator(hidden_only=True)`);
 the loss projects to the vocabulary only the positions that carry a label, a chunk at a
-time, recomputing each chunk's logits in the backward pass. So no [batch, seq, vocab]
+time, taking each chunk's gradients while its logits exist. So no [batch, seq, vocab]
 logits tensor ever exists: in a key-only stage a few positions per example are projected.
 
 The loss is the mean over every loss token of the whole accumulated batch: each
@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from .masks import IGNORE
 
@@ -56,15 +55,48 @@ class LabelledLogitsLoss:
         targets = labels[:, 1:].to(hidden.device)  # [b, t-1]: position i predicts token i+1
         keep = targets != IGNORE
         states, wanted = hidden[:, :-1][keep], targets[keep]  # [n, h], [n]
-        total = hidden.sum().float() * 0  # stays in the graph when no position is labelled
-        for start in range(0, len(wanted), self.chunk_tokens):
-            chunk = slice(start, start + self.chunk_tokens)
-            total = total + checkpoint(self._chunk_loss, states[chunk], wanted[chunk], use_reentrant=False)
+        trainable = [p for p in self.head.parameters() if p.requires_grad]
+        total = _LabelledCrossEntropy.apply(states, wanted, self.head, self.chunk_tokens, *trainable)
+        total = total + hidden.sum().float() * 0  # stays in the graph when no position is labelled
         count = keep.sum() if num_items_in_batch is None else num_items_in_batch
         return total / torch.clamp(torch.as_tensor(count, device=total.device), min=1)
 
-    def _chunk_loss(self, states: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self.head(states).float(), wanted, reduction="sum")  # [n, vocab] -> []
+
+class _LabelledCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of `head(states)` against `wanted`, a chunk of positions at a time.
+    Each chunk's gradients (to the states and the head's trainable parameters) are taken in the
+    forward pass while its logits exist, so the backward pass only scales them: the head runs
+    once per position, as with full logits, and only one chunk's logits are ever alive."""
+
+    @staticmethod
+    def forward(ctx: Any, states: torch.Tensor, wanted: torch.Tensor, head: torch.nn.Module,
+                chunk_tokens: int, *params: torch.Tensor) -> torch.Tensor:
+        grad_states = torch.zeros_like(states) if ctx.needs_input_grad[0] else None
+        grad_params = [torch.zeros_like(p) if ctx.needs_input_grad[4 + i] else None
+                       for i, p in enumerate(params)]
+        wrt = [i for i, g in enumerate(grad_params) if g is not None]
+        total = torch.zeros((), dtype=torch.float32, device=states.device)
+        for start in range(0, len(wanted), chunk_tokens):
+            chunk = slice(start, start + chunk_tokens)
+            with torch.enable_grad():
+                part = states[chunk].detach().requires_grad_(grad_states is not None)
+                loss = F.cross_entropy(head(part).float(), wanted[chunk], reduction="sum")  # [n, vocab] -> []
+                inputs = ([part] if grad_states is not None else []) + [params[i] for i in wrt]
+                grads = list(torch.autograd.grad(loss, inputs)) if inputs else []
+            total += loss.detach()
+            if grad_states is not None:
+                grad_states[chunk] = grads.pop(0)
+            for i, grad in zip(wrt, grads, strict=True):
+                grad_params[i] += grad
+        ctx.save_for_backward(*(g for g in [grad_states, *grad_params] if g is not None))
+        ctx.present = [g is not None for g in [grad_states, *grad_params]]
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_total: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        saved = iter(ctx.saved_tensors)
+        grads = [next(saved) * grad_total if present else None for present in ctx.present]
+        return grads[0], None, None, None, *grads[1:]
 
 
 @torch.no_grad()

@@ -8,6 +8,7 @@ stage that finds some resumes from the last one.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from .loss import LabelledLogitsLoss, causal_lm_loss, projects_like_the_model
 from .masks import Encoded
 from .plan import StagePlan
 from .rundir import replace_dir
+from .strategies import LabelKind
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ class StageInputs:
 
 def train_stage(plan: StagePlan, inputs: StageInputs, run_dir: Path) -> dict[str, Any]:
     """Train, save the adapter to `run_dir/<stage>/` atomically, and report what happened."""
-    from transformers import PrinterCallback, Trainer, TrainerState, TrainingArguments, set_seed
+    from transformers import TrainerState, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
     # Seeded before the model exists: new embedding rows and the adapter's initial weights
@@ -54,14 +56,9 @@ def train_stage(plan: StagePlan, inputs: StageInputs, run_dir: Path) -> dict[str
     # the head's weights are sharded (whole only inside the model's forward).
     head = model.get_output_embeddings()
     hidden_only = not sharded() and projects_like_the_model(model, probe.batches[0], head)
-    trainer = Trainer(
-        model=model, args=TrainingArguments(**plan.training_args), train_dataset=inputs.train,
-        data_collator=Collator(pad_id(tokenizer), plan.labels, hidden_only=hidden_only,
-                               packed=plan.config.training.packing),
-        processing_class=tokenizer, callbacks=[probe, StageProgress(plan.name)],
-        compute_loss_func=LabelledLogitsLoss(head) if hidden_only else causal_lm_loss,
-    )
-    trainer.remove_callback(PrinterCallback)
+    trainer = stage_trainer(model, plan.training_args, inputs.train, tokenizer, plan.labels,
+                            hidden_only=hidden_only, packed=plan.config.training.packing,
+                            callbacks=[probe, StageProgress(plan.name)])
     resume = get_last_checkpoint(str(run_dir))
     before = TrainerState.load_from_json(f"{resume}/trainer_state.json") if resume else TrainerState()
     result = trainer.train(resume_from_checkpoint=resume)
@@ -82,6 +79,24 @@ def train_stage(plan: StagePlan, inputs: StageInputs, run_dir: Path) -> dict[str
         "heldout_thinking_loss": {"before": probes[0][THINKING_KEY], "after": probes[-1][THINKING_KEY]},
         "log_history": history,
     }
+
+
+def stage_trainer(model: Any, training_args: dict[str, Any], train: list[Encoded], tokenizer: Any,
+                  labels: LabelKind, *, hidden_only: bool, packed: bool = False,
+                  callbacks: Sequence[Any] = ()) -> Any:
+    """The transformers Trainer of a stage, configured rather than subclassed: our collator
+    (the stage's labels) and our loss (labelled positions only, when `hidden_only`)."""
+    from transformers import PrinterCallback, Trainer, TrainingArguments
+
+    loss = LabelledLogitsLoss(model.get_output_embeddings()) if hidden_only else causal_lm_loss
+    trainer = Trainer(
+        model=model, args=TrainingArguments(**training_args), train_dataset=train,
+        data_collator=Collator(pad_id(tokenizer), labels, hidden_only=hidden_only, packed=packed),
+        processing_class=tokenizer, callbacks=list(callbacks),
+        compute_loss_func=loss,
+    )
+    trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 def _save(trainer: Any, tokenizer: Any, final: Path, full: bool) -> None:

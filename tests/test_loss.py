@@ -223,3 +223,38 @@ def test_chunks_hold_a_bounded_number_of_logits(vocab) -> None:
     assert chunk >= 1
     assert chunk * vocab <= max(CHUNK_LOGITS, vocab)  # one position at least, however large the vocabulary
     assert (chunk + 1) * vocab > CHUNK_LOGITS  # and as many as fit
+
+
+def small_llama(tied: bool, setup: str):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, tie_word_embeddings=tied)
+    model = LlamaForCausalLM(config)
+    if setup == "full":  # every weight trains, the head's included
+        return model
+    return attach_lora(model, LoraSection(r=2, dropout=0.0), gradient_checkpointing=False,
+                       new_token_ids=[60, 61] if setup == "tag rows" else None)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("setup", ["lora", "tag rows", "full"])
+def test_trainable_head_parameters_get_the_full_logits_gradients(tied: bool, setup: str) -> None:
+    """The head's own trainable parameters (tag rows, or the whole head in full mode) get the
+    same gradients as with full logits, through chunks of 3 positions."""
+    model = small_llama(tied, setup)
+    ids = torch.tensor([[1, 60, 5, 61, 7, 9, 60, 2], [3, 4, 61, 6, 60, 8, 1, 1]])
+    labels = ids.clone()
+    labels[:, :2] = IGNORE
+    labels[1, 6:] = IGNORE
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    causal_lm_loss(model(input_ids=ids), labels).backward()
+    reference = {n: p.grad.clone() for n, p in trainable.items()}
+    model.zero_grad()
+    head = model.get_output_embeddings()
+    assert any(p.requires_grad for p in head.parameters()) == (setup != "lora")
+    outputs = model(input_ids=ids, output_hidden_states=True, logits_to_keep=torch.empty(0, dtype=torch.long))
+    LabelledLogitsLoss(head, chunk_tokens=3)(outputs, labels).backward()
+    for name, grad in reference.items():
+        assert torch.allclose(trainable[name].grad, grad, rtol=1e-4, atol=1e-6), name
