@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _eval_parsers(commands)
 
+    _bench_parser(commands)
+
     commands.add_parser("tasks-dir", help="print where the sftkey_* lm-eval tasks are (for --include_path)")
 
     tiny = commands.add_parser("build-tiny", help="rebuild the built-in tiny model from scratch")
@@ -75,6 +77,43 @@ def _eval_parsers(commands: argparse._SubParsersAction) -> None:
                                "a run's go into its directory")
     evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                           help="override a recipe field, e.g. eval.alpha=0.5")
+
+
+def _bench_parser(commands: argparse._SubParsersAction) -> None:
+    from dataclasses import fields
+
+    from .bench import CONTENDERS
+    from .bench.workload import Workload
+
+    bench = commands.add_parser("bench", help="time our stage 1 and 2 steps against TRL's SFTTrainer and a "
+                                "plain Trainer (each in its own process); print figures and ratios")
+    bench.add_argument("--json", action="store_true", help="end with one JSON line of figures and ratios")
+    bench.add_argument("--contenders", type=_task_list, default=list(CONTENDERS),
+                       help=f"comma-separated, sftkey first (default: {','.join(CONTENDERS)})")
+    for field in fields(Workload):
+        bench.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default),
+                           default=field.default, help=f"default {field.default}")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from dataclasses import fields
+
+    from .bench import CONTENDERS, OURS, run_bench, setting, table
+    from .bench.workload import Workload
+
+    unknown = sorted(set(args.contenders) - set(CONTENDERS))
+    if unknown or not args.contenders or args.contenders[0] != OURS:
+        raise UserError(f"--contenders: {OURS} first, then any of {', '.join(CONTENDERS[1:])} "
+                        f"(got {','.join(args.contenders)})")
+    try:
+        workload = Workload(**{field.name: getattr(args, field.name) for field in fields(Workload)})
+    except ValueError as err:
+        raise UserError(f"bench: {err}") from None
+    report = run_bench(workload, args.contenders, progress=lambda line: print(line, file=sys.stderr))
+    print(setting(workload, args.contenders))
+    print(table(report))
+    if args.json:
+        print(json.dumps(report))
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
@@ -172,7 +211,7 @@ def cmd_build_tiny(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"inspect": cmd_inspect, "run": cmd_run, "eval": cmd_eval, "compare": cmd_compare,
-            "tasks-dir": cmd_tasks_dir, "build-tiny": cmd_build_tiny}
+            "bench": cmd_bench, "tasks-dir": cmd_tasks_dir, "build-tiny": cmd_build_tiny}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,94 @@
+"""What every contender trains on: one random-initialised Llama-architecture model with the
+Qwen2.5 vocabulary size, and synthetic rows of a fixed length whose last tokens are the key."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..data.example import Example
+from ..masks import Encoded
+from ..render import Segment
+
+QWEN25_VOCAB = 151_936
+
+
+@dataclass(frozen=True)
+class Workload:
+    vocab_size: int = QWEN25_VOCAB
+    # A small body under a large vocabulary, as in the small Qwen2.5 models, where the
+    # output head is most of the compute and memory of a training step.
+    hidden_size: int = 512
+    layers: int = 4
+    heads: int = 8
+    kv_heads: int = 2
+    intermediate_size: int = 1408
+    seq_len: int = 512
+    batch_size: int = 4
+    prompt_tokens: int = 32  # never a label
+    key_tokens: int = 16  # the answer span after </Thinking>: stage 2's labels
+    quantization: str = "nf4"  # the base as QLoRA loads it; `none`: 16/32-bit
+    steps: int = 3  # timed optimiser steps
+    warmup_steps: int = 1  # untimed steps first (allocator, caches)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        least = {name: 0 if name in ("seed", "warmup_steps") else 1
+                 for name, value in asdict(self).items() if isinstance(value, int)}
+        small = [name for name, low in least.items() if getattr(self, name) < low]
+        if small:
+            raise ValueError(f"{', '.join(small)}: too small")
+        if self.seq_len <= self.prompt_tokens + self.key_tokens:
+            raise ValueError("seq_len must exceed prompt_tokens + key_tokens")
+        if self.hidden_size % self.heads or self.heads % self.kv_heads:
+            raise ValueError("heads must divide hidden_size, and kv_heads must divide heads")
+        if self.quantization not in ("nf4", "none"):
+            raise ValueError(f"quantization: nf4 or none, not {self.quantization!r}")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Workload:
+        return cls(**json.loads(text))
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.seq_len * self.batch_size
+
+
+def write_model(workload: Workload, folder: Path) -> None:
+    """Save the random-initialised model (and a tokenizer, which the trainers want for
+    padding) once, so every contender loads the very same weights through `from_pretrained`."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers.utils import logging
+
+    from ..loading import resolve_model_path
+
+    config = LlamaConfig(
+        vocab_size=workload.vocab_size, hidden_size=workload.hidden_size,
+        num_hidden_layers=workload.layers, num_attention_heads=workload.heads,
+        num_key_value_heads=workload.kv_heads, intermediate_size=workload.intermediate_size,
+        max_position_embeddings=max(2048, workload.seq_len), tie_word_embeddings=True,
+        bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    )
+    torch.manual_seed(workload.seed)
+    logging.disable_progress_bar()
+    LlamaForCausalLM(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(resolve_model_path("builtin:tiny")).save_pretrained(folder)
+
+
+def rows(workload: Workload, count: int) -> list[Encoded]:
+    """Rows of exactly `seq_len` random ids: prompt, thinking, then `key_tokens` of key."""
+    rng = random.Random(workload.seed)
+    think = workload.seq_len - workload.prompt_tokens - workload.key_tokens
+    segments = ([Segment.PROMPT] * workload.prompt_tokens + [Segment.THINKING] * think
+                + [Segment.ANSWER] * workload.key_tokens)
+    in_response = [s != Segment.PROMPT for s in segments]
+    in_key = [s == Segment.ANSWER for s in segments]
+    example = Example(prompt="", thinking="", answer="")
+    return [Encoded(example, [rng.randrange(2, workload.vocab_size) for _ in segments], segments,
+                    in_response, in_key) for _ in range(count)]
