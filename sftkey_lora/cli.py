@@ -88,8 +88,9 @@ def _bench_parser(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser("bench", help="time our stage 1 and 2 steps against TRL's SFTTrainer and a "
                                 "plain Trainer (each in its own process); print figures and ratios")
     bench.add_argument("--json", action="store_true", help="end with one JSON line of figures and ratios")
-    bench.add_argument("--contenders", type=_task_list, default=list(CONTENDERS),
-                       help=f"comma-separated, sftkey first (default: {','.join(CONTENDERS)})")
+    bench.add_argument("--contenders", type=_task_list, default=None,
+                       help=f"comma-separated, sftkey first (default: {','.join(CONTENDERS)}, "
+                            "and unsloth on a GPU where it is installed)")
     for field in fields(Workload):
         bench.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default),
                            default=field.default, help=f"default {field.default}")
@@ -98,19 +99,24 @@ def _bench_parser(commands: argparse._SubParsersAction) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     from dataclasses import fields
 
-    from .bench import CONTENDERS, OURS, run_bench, setting, table
+    from .bench import CONTENDERS, OURS, default_contenders, run_bench, setting, table
     from .bench.workload import Workload
 
-    unknown = sorted(set(args.contenders) - set(CONTENDERS))
-    if unknown or not args.contenders or args.contenders[0] != OURS:
-        raise UserError(f"--contenders: {OURS} first, then any of {', '.join(CONTENDERS[1:])} "
-                        f"(got {','.join(args.contenders)})")
+    known = (*CONTENDERS, "unsloth")
+    contenders = args.contenders or default_contenders()
+    if set(contenders) - set(known) or contenders[0] != OURS:
+        raise UserError(f"--contenders: {OURS} first, then any of {', '.join(known[1:])} "
+                        f"(got {','.join(contenders)})")
     try:
         workload = Workload(**{field.name: getattr(args, field.name) for field in fields(Workload)})
     except ValueError as err:
         raise UserError(f"bench: {err}") from None
-    report = run_bench(workload, args.contenders, progress=lambda line: print(line, file=sys.stderr))
-    print(setting(workload, args.contenders))
+    if "unsloth" in contenders:
+        from .unsloth_backend import require_unsloth
+
+        require_unsloth()
+    report = run_bench(workload, contenders, progress=lambda line: print(line, file=sys.stderr))
+    print(setting(workload, contenders))
     print(table(report))
     if args.json:
         print(json.dumps(report))
@@ -141,6 +147,10 @@ def cmd_run(args: argparse.Namespace) -> None:
         plan = dry_run(recipe, run_dir)
         print(json.dumps(plan, indent=1) if args.json else _plan_text(plan))
         return
+    if recipe.model.backend == "unsloth":
+        from .unsloth_backend import require_unsloth
+
+        require_unsloth()  # before transformers is imported, so that its patches apply
     from .run import run_recipe
 
     record = run_recipe(recipe, run_dir, fresh=args.fresh)

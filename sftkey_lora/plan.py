@@ -47,9 +47,10 @@ def plan_stages(recipe: Recipe, run_dir: Path) -> list[StagePlan]:
         base = "stage1" if full_mode(recipe) else MERGED_DIR
         model = recipe.model if index == 0 else recipe.model.model_copy(
             update={"name_or_path": str(run_dir / base), "revision": None})
-        plans.append(StagePlan(spec.name, spec.labels, model, config, precision,
-                               training_arguments(config.training, precision, run_dir,
-                                                  cuda=cuda_available())))
+        args = training_arguments(config.training, precision, run_dir, cuda=cuda_available())
+        if recipe.model.backend == "unsloth":
+            args["gradient_checkpointing"] = False  # unsloth's own, set up with its adapter
+        plans.append(StagePlan(spec.name, spec.labels, model, config, precision, args))
     return plans
 
 

@@ -55,6 +55,10 @@ class ModelConfig(_Section):
     quantization: Literal["nf4", "none"] = "nf4"
     # Quantize the 4-bit scales too (saves ~0.4 bit per weight).
     double_quant: bool = True
+    # `unsloth`: the base loaded by unsloth's FastLanguageModel (its 4-bit loading, LoRA,
+    # gradient checkpointing and loss kernels; CUDA only, `pip install 'sftkey-lora[unsloth]'`);
+    # the stages, labels and Trainer stay ours.
+    backend: Literal["transformers", "unsloth"] = "transformers"
 
 
 class SyntheticConfig(_Section):
@@ -218,6 +222,17 @@ class Recipe(_Section):
         if "full" in modes and self.model.quantization != "none":
             raise ValueError("training.mode: full trains every weight in 16-bit; "
                              "set model.quantization: none")
+        return self
+
+    @model_validator(mode="after")
+    def _unsloth_trains_adapters(self) -> Recipe:
+        if self.model.backend != "unsloth":
+            return self
+        if self.training.mode == "full" or any(self.stage(n).training.mode == "full" for n in self.stages):
+            raise ValueError("model.backend: unsloth trains LoRA adapters; use training.mode: lora")
+        if self.format.tags == "added_tokens":
+            raise ValueError("model.backend: unsloth cannot train rows of added tag tokens; "
+                             "use format.tags: text")
         return self
 
     def eval_tasks(self) -> list[str]:

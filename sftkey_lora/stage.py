@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .callbacks import KEY_KEY, THINKING_KEY, SegmentLossProbe, StageProgress
 from .collate import Collator, batches, pad_id
@@ -45,19 +45,13 @@ def train_stage(plan: StagePlan, inputs: StageInputs, run_dir: Path) -> dict[str
     reset_peak_memory()
     started = time.perf_counter()
     tokenizer = inputs.tokenizer
-    model = load_model(plan.model, plan.precision, vocab_size=len(tokenizer))
     full = plan.config.training.mode == "full"
-    if not full:
-        model = attach_lora(model, plan.config.lora, new_token_ids=inputs.new_token_ids,
-                            gradient_checkpointing=plan.config.training.gradient_checkpointing)
+    model = _stage_model(plan, inputs, vocab_size=len(tokenizer))
     probe_collate = Collator(pad_id(tokenizer), plan.labels, with_segments=True)
     probe = SegmentLossProbe(list(batches(inputs.holdout, plan.config.training.batch_size, probe_collate)))
-    # Logits only where labels are, unless this architecture changes logits after its head, or
-    # the head's weights are sharded (whole only inside the model's forward).
-    head = model.get_output_embeddings()
-    hidden_only = not sharded() and projects_like_the_model(model, probe.batches[0], head)
+    loss = _loss_kind(plan, model, probe.batches[0])
     trainer = stage_trainer(model, plan.training_args, inputs.train, tokenizer, plan.labels,
-                            hidden_only=hidden_only, packed=plan.config.training.packing,
+                            loss=loss, packed=plan.config.training.packing,
                             callbacks=[probe, StageProgress(plan.name)])
     resume = get_last_checkpoint(str(run_dir))
     before = TrainerState.load_from_json(f"{resume}/trainer_state.json") if resume else TrainerState()
@@ -70,7 +64,7 @@ def train_stage(plan: StagePlan, inputs: StageInputs, run_dir: Path) -> dict[str
     probes = [entry for entry in history if KEY_KEY in entry]
     return {
         "labels": plan.labels, "steps": trainer.state.global_step,
-        "logits": "labelled positions" if hidden_only else "every position",
+        "logits": LOGITS[loss],
         "resumed_from": Path(resume).name if resume else None,
         "seconds": round(seconds, 1), "train_seconds": round(result.metrics["train_runtime"], 1),
         "tokens": int(tokens), "tokens_per_second": round(tokens / result.metrics["train_runtime"], 1),
@@ -81,19 +75,54 @@ def train_stage(plan: StagePlan, inputs: StageInputs, run_dir: Path) -> dict[str
     }
 
 
+LossKind = Literal["labelled", "full", "model"]
+LOGITS: dict[LossKind, str] = {"labelled": "labelled positions", "full": "every position",
+                               "model": "the backend's own loss"}
+
+
+def _stage_model(plan: StagePlan, inputs: StageInputs, vocab_size: int) -> Any:
+    """The model a stage trains: the base with a fresh adapter (from unsloth when the recipe's
+    backend is unsloth), or in full mode the whole model."""
+    training = plan.config.training
+    if plan.model.backend == "unsloth":
+        from .unsloth_backend import unsloth_lora_model
+
+        longest = max(len(row.input_ids) for row in inputs.train)
+        return unsloth_lora_model(plan.model, plan.config.lora, plan.precision, vocab_size=vocab_size,
+                                  max_length=longest, seed=training.seed,
+                                  gradient_checkpointing=training.gradient_checkpointing)
+    model = load_model(plan.model, plan.precision, vocab_size=vocab_size)
+    if training.mode == "full":
+        return model
+    return attach_lora(model, plan.config.lora, new_token_ids=inputs.new_token_ids,
+                       gradient_checkpointing=training.gradient_checkpointing)
+
+
+def _loss_kind(plan: StagePlan, model: Any, batch: dict[str, Any]) -> LossKind:
+    """Logits only where labels are, unless unsloth computes the loss with its own kernels,
+    this architecture changes logits after its head, or the head's weights are sharded (whole
+    only inside the model's forward)."""
+    if plan.model.backend == "unsloth":
+        return "model"
+    if sharded() or not projects_like_the_model(model, batch, model.get_output_embeddings()):
+        return "full"
+    return "labelled"
+
+
 def stage_trainer(model: Any, training_args: dict[str, Any], train: list[Encoded], tokenizer: Any,
-                  labels: LabelKind, *, hidden_only: bool, packed: bool = False,
+                  labels: LabelKind, *, loss: LossKind, packed: bool = False,
                   callbacks: Sequence[Any] = ()) -> Any:
     """The transformers Trainer of a stage, configured rather than subclassed: our collator
-    (the stage's labels) and our loss (labelled positions only, when `hidden_only`)."""
+    (the stage's labels) and the loss: ours over labelled positions only, ours over full
+    logits, or the model's own (given the labels)."""
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
-    loss = LabelledLogitsLoss(model.get_output_embeddings()) if hidden_only else causal_lm_loss
+    loss_func = {"labelled": LabelledLogitsLoss(model.get_output_embeddings()),
+                 "full": causal_lm_loss, "model": None}[loss]
     trainer = Trainer(
         model=model, args=TrainingArguments(**training_args), train_dataset=train,
-        data_collator=Collator(pad_id(tokenizer), labels, hidden_only=hidden_only, packed=packed),
-        processing_class=tokenizer, callbacks=list(callbacks),
-        compute_loss_func=loss,
+        data_collator=Collator(pad_id(tokenizer), labels, hidden_only=loss == "labelled", packed=packed),
+        processing_class=tokenizer, callbacks=list(callbacks), compute_loss_func=loss_func,
     )
     trainer.remove_callback(PrinterCallback)
     return trainer

@@ -16,7 +16,7 @@ from ..errors import UserError
 from .workload import Workload, write_model
 
 STAGES = ("stage1", "stage2")
-CONTENDERS = ("sftkey", "trl", "plain")
+CONTENDERS = ("sftkey", "trl", "plain")  # and "unsloth", on a GPU where it is installed
 OURS = "sftkey"
 # Ratio keys: against TRL unprefixed, against the others with their name as prefix.
 BASELINE = "trl"
@@ -39,9 +39,22 @@ def run_bench(workload: Workload, contenders: Sequence[str] = CONTENDERS,
     return {stage: {**ratios(figures), "contenders": figures} for stage, figures in results.items()}
 
 
+def default_contenders() -> list[str]:
+    """sftkey, trl and plain; and unsloth where it can run (a GPU, and the package installed)."""
+    from importlib.util import find_spec
+
+    from ..hardware import cuda_available
+
+    return list(CONTENDERS) + (["unsloth"] if cuda_available() and find_spec("unsloth") else [])
+
+
 def _measure_apart(workload: Workload, model_dir: Path, contender: str, stage: str) -> dict[str, Any]:
-    command = [sys.executable, "-m", "sftkey_lora.bench.worker", workload.to_json(), str(model_dir),
-               contender, stage]
+    args = [workload.to_json(), str(model_dir), contender, stage]
+    # unsloth patches transformers only if it is imported first.
+    worker = "sftkey_lora.bench.worker"
+    start = (["-c", f"import unsloth, runpy; runpy.run_module('{worker}', run_name='__main__')"]
+             if contender == "unsloth" else ["-m", worker])
+    command = [sys.executable, *start, *args]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-5:])

@@ -5,7 +5,8 @@ CONTENDER STAGE` prints one JSON line.
 Contenders, all on the same model, adapter, rows, labels and TrainingArguments:
 - `sftkey`: our stage's Trainer (`stage.stage_trainer`): logits at labelled positions only;
 - `trl`: TRL's `SFTTrainer`, its `completion_mask` set to our labels;
-- `plain`: the transformers `Trainer` with the model's own loss over full logits.
+- `plain`: the transformers `Trainer` with the model's own loss over full logits;
+- `unsloth` (on a GPU where it is installed): our Trainer on unsloth's model, adapter and loss.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from ..collate import Collator, pad_id
-from ..hardware import cuda_available, peak_memory, reset_peak_memory, resolve_precision
+from ..hardware import ResolvedPrecision, cuda_available, peak_memory, reset_peak_memory, resolve_precision
 from ..loading import load_model
 from ..lora import attach_lora
 from ..plan import training_arguments
@@ -41,15 +41,15 @@ def measure(workload: Workload, model_dir: Path, contender: str, stage: str) -> 
     labels = STAGE_LABELS[stage]
     precision = resolve_precision("auto")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model_cfg = ModelConfig(name_or_path=str(model_dir), quantization=workload.quantization)
-    model = attach_lora(load_model(model_cfg, precision, vocab_size=workload.vocab_size), LoraSection(),
-                        gradient_checkpointing=True)
+    model = _model(contender, workload, model_dir, precision)
     train = rows(workload, workload.batch_size * (workload.warmup_steps + workload.steps))
     config = TrainingConfig(batch_size=workload.batch_size, max_steps=workload.warmup_steps + workload.steps,
                             shuffle=False, logging_steps=1, warmup=0, seed=workload.seed)
     with tempfile.TemporaryDirectory() as out:
         args = {**training_arguments(config, precision, Path(out), cuda=cuda_available()),
                 "save_strategy": "no"}
+        if contender == "unsloth":
+            args["gradient_checkpointing"] = False  # its own, set up with its adapter
         trainer = _trainer(contender, model, args, train, tokenizer, labels)
         timer = StepTimer(workload.warmup_steps)
         trainer.add_callback(timer)
@@ -68,16 +68,27 @@ def measure(workload: Workload, model_dir: Path, contender: str, stage: str) -> 
     return result
 
 
+def _model(contender: str, workload: Workload, model_dir: Path, precision: ResolvedPrecision) -> Any:
+    """The base with the recipe-default LoRA adapter; for `unsloth`, both through unsloth."""
+    cfg = ModelConfig(name_or_path=str(model_dir), quantization=workload.quantization)
+    if contender == "unsloth":
+        from ..unsloth_backend import unsloth_lora_model
+
+        return unsloth_lora_model(cfg, LoraSection(), precision, vocab_size=workload.vocab_size,
+                                  max_length=workload.seq_len, seed=workload.seed,
+                                  gradient_checkpointing=True)
+    return attach_lora(load_model(cfg, precision, vocab_size=workload.vocab_size), LoraSection(),
+                       gradient_checkpointing=True)
+
+
 def _trainer(contender: str, model: Any, args: dict[str, Any], train: list, tokenizer: Any,
              labels: LabelKind) -> Any:
     if contender == "sftkey":
-        return stage_trainer(model, args, train, tokenizer, labels, hidden_only=True)
-    if contender == "plain":
-        from transformers import Trainer, TrainingArguments
-
-        # No loss function: the model computes its own loss, over [batch, seq, vocab] logits.
-        return Trainer(model=model, args=TrainingArguments(**args), train_dataset=train,
-                       data_collator=Collator(pad_id(tokenizer), labels), processing_class=tokenizer)
+        return stage_trainer(model, args, train, tokenizer, labels, loss="labelled")
+    if contender in ("plain", "unsloth"):
+        # The model computes its own loss: plain transformers over [batch, seq, vocab] logits,
+        # unsloth with its fused kernels.
+        return stage_trainer(model, args, train, tokenizer, labels, loss="model")
     if contender == "trl":
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
