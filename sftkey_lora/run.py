@@ -21,13 +21,14 @@ from .data import load_examples
 from .distributed import is_main, wait_for_everyone
 from .errors import UserError
 from .evaluation.runner import EVAL_STEP, evaluate_run
+from .guards import disk_full_stops
 from .loading import load_tokenizer
 from .masks import Encoded, encode_examples
 from .merge import merge_stage1
 from .plan import MERGED_DIR, StagePlan, full_mode, plan_stages
 from .plots import plot_stage_losses
 from .recipe import Recipe
-from .rundir import RunRecord, remove_checkpoints
+from .rundir import RunRecord, remove_checkpoints, remove_partial_checkpoints
 from .strategies import STRATEGIES
 from .tags import ALL_TAGS
 
@@ -74,7 +75,7 @@ def _train_stages(recipe: Recipe, plans: list[StagePlan], record: RunRecord,
             _merge(recipe, plan, record, tokenizer, holdout, say)
         if record.status(plan.name) == "complete":
             continue
-        _train(recipe, plan, record, tokenizer, train, holdout, new_ids if plan.name == "stage1" else [])
+        _train(recipe, plan, record, tokenizer, train, holdout, new_ids if plan.name == "stage1" else [], say)
 
 
 def _evaluated(recipe: Recipe, record: RunRecord) -> bool:
@@ -106,11 +107,14 @@ def split_holdout(rows: list[Encoded], n: int, seed: int) -> tuple[list[Encoded]
 
 
 def _train(recipe: Recipe, plan: StagePlan, record: RunRecord, tokenizer: Any, train: list[Encoded],
-           holdout: list[Encoded], new_ids: list[int]) -> None:
+           holdout: list[Encoded], new_ids: list[int], say: Callable[[str], None]) -> None:
     from .stage import StageInputs, train_stage
 
-    if record.status(plan.name) != "running" and is_main():
-        remove_checkpoints(record.run_dir)  # left by an earlier stage, never this one's
+    if is_main():
+        if record.status(plan.name) != "running":
+            remove_checkpoints(record.run_dir)  # left by an earlier stage, never this one's
+        for name in remove_partial_checkpoints(record.run_dir):
+            say(f"{plan.name}: {name} was cut short while being saved; removed, resuming from the one before")
     wait_for_everyone()  # every process resumes from the same checkpoint, or none
     record.update_step(plan.name, status="running", started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     if plan.model != recipe.model:  # stage 2 reads the merged model's own tokenizer
@@ -135,8 +139,9 @@ def _merge(recipe: Recipe, plan: StagePlan, record: RunRecord, tokenizer: Any, h
         return
     started = time.perf_counter()
     probe = list(batches(holdout, plan.config.training.batch_size, Collator(pad_id(tokenizer), "full")))
-    outcome = merge_stage1(recipe.model, record.run_dir / "stage1", record.run_dir / MERGED_DIR,
-                           tokenizer, probe, plan.precision, recipe.merge.base)
+    with disk_full_stops(MERGE_STEP, record.run_dir):
+        outcome = merge_stage1(recipe.model, record.run_dir / "stage1", record.run_dir / MERGED_DIR,
+                               tokenizer, probe, plan.precision, recipe.merge.base)
     seconds = round(time.perf_counter() - started, 1)
     record.update_step(MERGE_STEP, status="complete", seconds=seconds, **outcome)
     wait_for_everyone()

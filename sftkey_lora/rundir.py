@@ -109,17 +109,52 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
-    """Move a fully written directory into place (a rename, atomic on one file system)."""
+    """Move a fully written directory into place. An earlier `final` is moved aside first and
+    deleted last, so a kill at any moment leaves a whole `final` or a whole `tmp`."""
+    old = final.with_name(f".{final.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
     if final.exists():
-        shutil.rmtree(final)
+        os.replace(final, old)
     os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """The Trainer's `checkpoint-N/` folders, by step."""
+    found = [path for path in run_dir.glob(f"{CHECKPOINT_PREFIX}*")
+             if path.is_dir() and path.name.removeprefix(CHECKPOINT_PREFIX).isdigit()]
+    return sorted(found, key=lambda path: int(path.name.removeprefix(CHECKPOINT_PREFIX)))
+
+
+def is_whole(checkpoint: Path) -> bool:
+    """The Trainer writes `trainer_state.json` last: a checkpoint without a readable one was
+    cut short (killed, disk full) while it was being saved."""
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return state.get("global_step") == int(checkpoint.name.removeprefix(CHECKPOINT_PREFIX))
+
+
+def remove_partial_checkpoints(run_dir: Path) -> list[str]:
+    """Delete checkpoints that were cut short, so that a resume takes the last whole one."""
+    partial = [path for path in checkpoints(run_dir) if not is_whole(path)]
+    for path in partial:
+        shutil.rmtree(path)
+    return [path.name for path in partial]
+
+
+def last_whole_checkpoint(run_dir: Path) -> Path | None:
+    whole = [path for path in checkpoints(run_dir) if is_whole(path)]
+    return whole[-1] if whole else None
 
 
 def remove_checkpoints(run_dir: Path) -> None:
     """Delete the Trainer's `checkpoint-N/` folders, once their stage is complete."""
-    for path in run_dir.glob(f"{CHECKPOINT_PREFIX}*"):
-        if path.is_dir() and path.name.removeprefix(CHECKPOINT_PREFIX).isdigit():
-            shutil.rmtree(path)
+    for path in checkpoints(run_dir):
+        shutil.rmtree(path)
 
 
 def package_versions() -> dict[str, str | None]:

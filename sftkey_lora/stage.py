@@ -16,13 +16,14 @@ from typing import Any, Literal
 from .callbacks import KEY_KEY, THINKING_KEY, SegmentLossProbe, StageProgress
 from .collate import Collator, batches, pad_id
 from .distributed import is_main, sharded, wait_for_everyone
+from .guards import LossGuard, disk_full_stops
 from .hardware import peak_memory, reset_peak_memory
 from .loading import load_model
 from .lora import attach_lora
 from .loss import LabelledLogitsLoss, causal_lm_loss, projects_like_the_model
 from .masks import Encoded
 from .plan import StagePlan
-from .rundir import replace_dir
+from .rundir import last_whole_checkpoint, replace_dir
 from .strategies import LabelKind
 
 
@@ -37,7 +38,6 @@ class StageInputs:
 def train_stage(plan: StagePlan, inputs: StageInputs, run_dir: Path) -> dict[str, Any]:
     """Train, save the adapter to `run_dir/<stage>/` atomically, and report what happened."""
     from transformers import TrainerState, set_seed
-    from transformers.trainer_utils import get_last_checkpoint
 
     # Seeded before the model exists: new embedding rows and the adapter's initial weights
     # are drawn at creation, before the Trainer would seed anything.
@@ -52,12 +52,12 @@ def train_stage(plan: StagePlan, inputs: StageInputs, run_dir: Path) -> dict[str
     loss = _loss_kind(plan, model, probe.batches[0])
     trainer = stage_trainer(model, plan.training_args, inputs.train, tokenizer, plan.labels,
                             loss=loss, packed=plan.config.training.packing,
-                            callbacks=[probe, StageProgress(plan.name)])
-    resume = get_last_checkpoint(str(run_dir))
+                            callbacks=[probe, StageProgress(plan.name)], guard=LossGuard(plan.name, run_dir))
+    resume = last_whole_checkpoint(run_dir)
     before = TrainerState.load_from_json(f"{resume}/trainer_state.json") if resume else TrainerState()
-    result = trainer.train(resume_from_checkpoint=resume)
-
-    _save(trainer, tokenizer, run_dir / plan.name, full)
+    with disk_full_stops(plan.name, run_dir):
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        _save(trainer, tokenizer, run_dir / plan.name, full)
     seconds = time.perf_counter() - started
     tokens = trainer.state.num_input_tokens_seen - before.num_input_tokens_seen
     history = trainer.state.log_history
@@ -111,14 +111,20 @@ def _loss_kind(plan: StagePlan, model: Any, batch: dict[str, Any]) -> LossKind:
 
 def stage_trainer(model: Any, training_args: dict[str, Any], train: list[Encoded], tokenizer: Any,
                   labels: LabelKind, *, loss: LossKind, packed: bool = False,
-                  callbacks: Sequence[Any] = ()) -> Any:
+                  callbacks: Sequence[Any] = (), guard: LossGuard | None = None) -> Any:
     """The transformers Trainer of a stage, configured rather than subclassed: our collator
     (the stage's labels) and the loss: ours over labelled positions only, ours over full
-    logits, or the model's own (given the labels)."""
+    logits, or the model's own (given the labels); `guard` stops at a NaN or inf loss."""
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
     loss_func = {"labelled": LabelledLogitsLoss(model.get_output_embeddings()),
                  "full": causal_lm_loss, "model": None}[loss]
+    if guard is not None:
+        callbacks = [*callbacks, guard]
+        if loss_func is None:
+            guard.watch(model)
+        else:
+            loss_func = guard.wrap(loss_func)
     trainer = Trainer(
         model=model, args=TrainingArguments(**training_args), train_dataset=train,
         data_collator=Collator(pad_id(tokenizer), labels, hidden_only=loss == "labelled", packed=packed),
