@@ -1,0 +1,104 @@
+"""A run stopped by a diverging loss or a full disk: one message (exit 2), the last whole
+checkpoint kept, and the same command resumes from it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sftkey_lora.rundir import checkpoints, is_whole
+
+from .conftest import QUICKSTART
+from .test_run import SMALL
+
+STAGE1_STEPS = ["--set=stages.stage1.training.max_steps=8"]
+
+
+def run_args(run_dir: Path) -> list[str]:
+    return ["run", str(QUICKSTART), "--output", str(run_dir), *[f"--set={item}" for item in SMALL],
+            *STAGE1_STEPS]
+
+
+def stage1_status(run_dir: Path) -> str:
+    return json.loads((run_dir / "run.json").read_text())["steps"]["stage1"]["status"]
+
+
+def test_a_nan_loss_stops_the_stage_naming_stage_and_step(cli, tmp_path, monkeypatch) -> None:
+    from sftkey_lora.loss import LabelledLogitsLoss
+
+    real = LabelledLogitsLoss.__call__
+    calls = []
+
+    def turns_nan_at_step_5(self, outputs, labels, num_items_in_batch=None):
+        calls.append(1)
+        loss = real(self, outputs, labels, num_items_in_batch=num_items_in_batch)
+        return loss * float("nan") if len(calls) == 5 else loss
+
+    monkeypatch.setattr(LabelledLogitsLoss, "__call__", turns_nan_at_step_5)
+    run_dir = tmp_path / "out"
+    code, _, err = cli(*run_args(run_dir))
+    assert code == 2
+    assert "stage1: the loss became NaN at step 5" in err and "checkpoint-4 is intact" in err
+    assert "Traceback" not in err and err.count("sftkey-lora: error:") == 1
+    assert [path.name for path in checkpoints(run_dir)] == ["checkpoint-2", "checkpoint-4"]
+    assert all(is_whole(path) for path in checkpoints(run_dir))
+    assert stage1_status(run_dir) == "running"  # never marked complete
+    assert not (run_dir / "stage1").exists()
+
+    monkeypatch.setattr(LabelledLogitsLoss, "__call__", real)
+    code, _, err = cli(*run_args(run_dir))
+    assert code == 0, err
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["steps"]["stage1"]["resumed_from"] == "checkpoint-4"
+    assert record["steps"]["stage2"]["status"] == "complete"
+
+
+def test_a_full_disk_while_saving_a_checkpoint_keeps_the_one_before(cli, tmp_path, monkeypatch) -> None:
+    import peft.peft_model
+    from safetensors import SafetensorError
+
+    real = peft.peft_model.safe_save_file
+    saves = []
+
+    def disk_fills_on_the_second_save(tensors, filename, *args, **kwargs):
+        saves.append(filename)
+        if len(saves) == 2:
+            Path(filename).write_bytes(b"\0" * 100)  # what a cut-short write leaves
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return real(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(peft.peft_model, "safe_save_file", disk_fills_on_the_second_save)
+    run_dir = tmp_path / "out"
+    code, _, err = cli(*run_args(run_dir))
+    assert code == 2
+    assert f"stage1: the disk holding {run_dir} is full" in err and "checkpoint-2" in err
+    assert "Traceback" not in err and err.count("sftkey-lora: error:") == 1
+    assert [path.name for path in checkpoints(run_dir)] == ["checkpoint-2"]  # checkpoint-4 removed
+    assert is_whole(run_dir / "checkpoint-2")
+    assert stage1_status(run_dir) == "running"
+
+    monkeypatch.setattr(peft.peft_model, "safe_save_file", real)
+    code, _, err = cli(*run_args(run_dir))
+    assert code == 0, err
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["steps"]["stage1"]["resumed_from"] == "checkpoint-2"
+
+
+def test_a_full_disk_while_saving_an_artifact_leaves_nothing_half_written(cli, tmp_path, monkeypatch) -> None:
+    """The stage's own adapter is written under a temporary name: cut short, it is removed,
+    and no `stage1/` appears."""
+    import peft.peft_model
+
+    real = peft.peft_model.safe_save_file
+
+    def full_for_the_final_adapter(tensors, filename, *args, **kwargs):
+        if ".stage1.tmp" in str(filename):
+            raise OSError(28, "No space left on device")
+        return real(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(peft.peft_model, "safe_save_file", full_for_the_final_adapter)
+    run_dir = tmp_path / "out"
+    code, _, err = cli(*run_args(run_dir))
+    assert code == 2 and "is full" in err
+    assert not (run_dir / "stage1").exists() and not list(run_dir.glob(".*.tmp"))
+    assert [path.name for path in checkpoints(run_dir)][-1] == "checkpoint-8"  # training itself finished
