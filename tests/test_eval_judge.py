@@ -79,14 +79,31 @@ def test_verdicts_and_failures_are_counted(judge_url, monkeypatch) -> None:
     assert "determine whether the answers in the two responses" in body["messages"][0]["content"]
 
 
-def test_an_endpoint_that_is_down_never_stops_the_evaluation() -> None:
+def free_port() -> int:
     import socket
 
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    verdicts, tally = judge_all(config(f"http://127.0.0.1:{port}/v1"), [Case("q", "7", "7")] * 3)
+        return probe.getsockname()[1]
+
+
+def test_requests_to_an_endpoint_that_is_down_are_counted() -> None:
+    verdicts, tally = judge_all(config(f"http://127.0.0.1:{free_port()}/v1"), [Case("q", "7", "7")] * 3)
     assert verdicts == [None] * 3 and tally["error"] == 3
+
+
+def test_a_judge_that_is_down_stops_evaluation_before_it_starts(judge_url, cli, tmp_path) -> None:
+    from sftkey_lora.errors import UserError
+    from sftkey_lora.evaluation.judge import check_reachable
+
+    check_reachable(config(judge_url))  # up: nothing to say
+    with pytest.raises(UserError, match="eval.judge.url: the judge at .* cannot be used"):
+        check_reachable(config(f"http://127.0.0.1:{free_port()}/v1"))
+    down = f"eval.judge.url=http://127.0.0.1:{free_port()}/v1"
+    code, _, err = cli("eval", "builtin:tiny", "--limit", "1", "--output", str(tmp_path / "ev"),
+                       "--set", down, "--set", "eval.judge.model=j")
+    assert code == 2 and "eval.judge.url" in err and "Traceback" not in err
+    assert not (tmp_path / "ev" / "metrics.json").exists()
 
 
 def test_judge_verdicts_replace_the_exact_check_where_given(judge_url, monkeypatch, tmp_path) -> None:

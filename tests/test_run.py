@@ -224,32 +224,55 @@ def test_a_non_run_directory_is_refused(cli, tmp_path) -> None:
     assert code == 2 and "not empty" in err and (tmp_path / "notes.txt").exists()
 
 
-def test_an_interrupted_stage_resumes_from_its_checkpoint(tmp_path) -> None:
-    run_dir = tmp_path / "out"
-    args = [f"--set={item}" for item in SMALL + ["stages.stage1.training.max_steps=12"]]
+KILLED = SMALL + ["stages.stage1.training.max_steps=12", "stages.stage2.training.max_steps=8"]
+
+
+def run_until(run_dir: Path, appears: Path) -> None:
+    """Start the run in a process of its own and kill it (SIGKILL) once `appears` exists."""
+    args = [f"--set={item}" for item in KILLED]
     command = [sys.executable, "-m", "sftkey_lora", "run", str(QUICKSTART), "--output", str(run_dir), *args]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
     try:
-        deadline = time.time() + 240
-        while not (run_dir / "checkpoint-4" / "trainer_state.json").exists():
-            assert process.poll() is None and time.time() < deadline, "no checkpoint was written"
-            time.sleep(0.2)
+        deadline = time.time() + 300
+        while not appears.exists():
+            assert process.poll() is None and time.time() < deadline, f"{appears.name} never appeared"
+            time.sleep(0.05)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
-    record = json.loads((run_dir / "run.json").read_text())
-    assert record["steps"]["stage1"]["status"] == "running"
 
-    resumed = run_recipe(load_recipe(QUICKSTART, SMALL + ["stages.stage1.training.max_steps=12"]),
-                         run_dir, say=lambda _: None)
-    stage1 = resumed.data["steps"]["stage1"]
-    assert stage1["resumed_from"].startswith("checkpoint-")
-    assert int(stage1["resumed_from"].removeprefix("checkpoint-")) >= 4
-    assert stage1["steps"] == 12
-    logged = [entry["step"] for entry in stage1["log_history"] if "loss" in entry]
-    assert logged == [2, 4, 6, 8, 10, 12]  # the history from before the kill is kept
-    assert resumed.data["steps"]["stage2"]["status"] == "complete"
+
+def adapters(run_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return {f"{stage}/{name}": tensor for stage in ("stage1", "stage2")
+            for name, tensor in load_file(run_dir / stage / "adapter_model.safetensors").items()}
+
+
+def test_killed_twice_and_rerun_ends_with_the_uninterrupted_adapters(tmp_path) -> None:
+    """SIGKILL in stage 1 (as checkpoint-4 is written) and again in stage 2, then the same
+    command: the adapters equal those of a run never interrupted (CPU, fixed seed)."""
+    reference = run_recipe(load_recipe(QUICKSTART, KILLED), tmp_path / "reference", say=lambda _: None)
+    run_dir = tmp_path / "killed"
+    run_until(run_dir, run_dir / "checkpoint-4" / "adapter_model.safetensors")
+    assert json.loads((run_dir / "run.json").read_text())["steps"]["stage1"]["status"] == "running"
+    run_until(run_dir, run_dir / ".stage1-merged.original.tmp" / "config.json")  # killed in the merge
+    run_until(run_dir, run_dir / "checkpoint-2" / "trainer_state.json")  # killed in stage 2
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["steps"]["stage1"]["status"] == "complete"
+    assert record["steps"]["stage2"]["status"] == "running"
+
+    resumed = run_recipe(load_recipe(QUICKSTART, KILLED), run_dir, say=lambda _: None).data["steps"]
+    assert resumed["stage2"]["resumed_from"].startswith("checkpoint-")
+    assert resumed["stage1"]["steps"] == 12 and resumed["stage2"]["steps"] == 8
+    logged = [entry["step"] for entry in resumed["stage2"]["log_history"] if "loss" in entry]
+    assert logged == [2, 4, 6, 8]  # the history from before the kill is kept
+    expected, got = adapters(reference.run_dir), adapters(run_dir)
+    assert expected.keys() == got.keys()
+    worst = max((expected[name] - got[name]).abs().max().item() for name in expected)
+    assert worst <= 1e-4, worst
+    assert not list(run_dir.glob(".*"))  # no temporary or set-aside folder left behind
 
 
 def test_added_tag_tokens_are_trained_and_merged(small_run) -> None:

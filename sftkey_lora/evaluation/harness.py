@@ -21,7 +21,7 @@ from ..errors import UserError
 from ..recipe import EvalConfig
 from ..rundir import replace_dir, write_json_atomic
 from .answers import grade
-from .judge import Case, judge_all
+from .judge import Case, check_reachable, judge_all
 
 # ./eval_tasks of a checkout, else the copy a wheel installs under <prefix>/share.
 TASKS_DIRS = (Path(__file__).resolve().parents[2] / "eval_tasks",
@@ -58,6 +58,8 @@ def evaluate(model: Any, tokenizer: Any, tasks: list[str], cfg: EvalConfig, meta
     if unknown:
         known = sorted(name for name in manager.all_tasks if name.startswith("sftkey"))
         raise UserError(f"eval.tasks: unknown task {', '.join(unknown)} (ours: {', '.join(known)})")
+    if cfg.judge is not None:
+        check_reachable(cfg.judge)
     started = time.perf_counter()
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size)
     output = simple_evaluate(

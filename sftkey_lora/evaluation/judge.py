@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from ..errors import UserError
 from ..recipe import JudgeConfig
 
 # Appendix C.2 of the paper, word for word.
@@ -62,6 +63,18 @@ def judge_all(cfg: JudgeConfig, cases: Sequence[Case]) -> tuple[list[bool | None
     tally = Counter(kind for _, kind in outcomes)
     return [verdict for verdict, _ in outcomes], {kind: tally.get(kind, 0) for kind in
                                                   ("yes", "no", "timeout", "error", "unparseable")}
+
+
+def check_reachable(cfg: JudgeConfig) -> None:
+    """One request before the (long) generation: a judge that is down, or fails every request,
+    is a setting to fix, not something to find out after the run. Later failures of single
+    requests are counted and leave those samples to the exact check."""
+    try:
+        ask(cfg, Case("Is 2 the same as 2?", "2", "2"))
+    except JudgeFailure as failure:
+        if failure.kind != "unparseable":  # it answered: it is up
+            raise UserError(f"eval.judge.url: the judge at {cfg.url} cannot be used ({failure}); start it, "
+                            "fix eval.judge.url, or remove eval.judge to grade by exact match") from None
 
 
 def _verdict(cfg: JudgeConfig, case: Case) -> tuple[bool | None, str]:
