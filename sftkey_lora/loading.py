@@ -99,7 +99,9 @@ def nf4_config(cfg: ModelConfig, compute_dtype):
 
 
 def _missing_model_message(name: str, err: Exception) -> str:
-    if Path(name).exists() or name.startswith(("/", "./", "../")):
+    if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().exists():
+        return f"model.name_or_path: {name} does not exist (give a model directory or a hub id)"
+    if Path(name).exists():
         return f"model.name_or_path: {name} is not a model directory ({first_line(err)})"
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
     why = "the hub is offline (HF_HUB_OFFLINE=1)" if offline else "it could not be fetched"

@@ -193,7 +193,7 @@ def test_eval_refuses_an_unfinished_run_and_a_missing_model(cli, tmp_path) -> No
     code, _, err = cli("eval", str(tmp_path / "run"))
     assert code == 2 and "stage1, stage2 not trained yet" in err
     code, _, err = cli("eval", str(tmp_path / "no-model"))
-    assert code == 2 and "is not a model directory" in err
+    assert code == 2 and "no-model does not exist" in err
     assert "Traceback" not in err
 
 
