@@ -320,7 +320,9 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     parts = key.strip().split(".")
     node = raw
     for depth, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
+        if node.get(part) is None:  # absent, or an optional section left unset (eval.judge)
+            node[part] = {}
+        child = node[part]
         if not isinstance(child, dict):
             raise UserError(f"--set {key}: {'.'.join(parts[: depth + 1])} is not a section")
         node = child

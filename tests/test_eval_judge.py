@@ -102,7 +102,7 @@ def test_a_judge_that_is_down_stops_evaluation_before_it_starts(judge_url, cli, 
     down = f"eval.judge.url=http://127.0.0.1:{free_port()}/v1"
     code, _, err = cli("eval", "builtin:tiny", "--limit", "1", "--output", str(tmp_path / "ev"),
                        "--set", down, "--set", "eval.judge.model=j")
-    assert code == 2 and "eval.judge.url" in err and "Traceback" not in err
+    assert code == 2 and "eval.judge.url: the judge at" in err and "Traceback" not in err
     assert not (tmp_path / "ev" / "metrics.json").exists()
 
 
@@ -146,3 +146,19 @@ def test_groups_average_their_tasks_equally() -> None:
     groups = group_means(metrics, {"sftkey": ["sftkey_a", "sftkey_b"], "sftkey_a": [], "other": ["sftkey_c"]})
     assert groups == {"sftkey": {"acc": 0.75, "fmt": 0.5, "score": pytest.approx(0.675),
                                  "tasks": ["sftkey_a", "sftkey_b"]}}
+
+
+def test_the_api_key_is_never_written(judge_url, cli, tmp_path, monkeypatch) -> None:
+    """Evaluation with a judge: the key, read from the environment, is in no file written and in
+    nothing printed."""
+    monkeypatch.setenv("SFTKEY_JUDGE_API_KEY", SECRET)
+    out = tmp_path / "ev"
+    code, stdout, stderr = cli("eval", "builtin:tiny", "--limit", "2", "--output", str(out),
+                               "--set", f"eval.judge.url={judge_url}", "--set", "eval.judge.model=j")
+    assert code == 0, stderr
+    written = [path for path in out.rglob("*") if path.is_file()]
+    assert any(path.name == "metrics.json" for path in written)
+    assert all(SECRET.encode() not in path.read_bytes() for path in written)
+    assert SECRET not in stdout + stderr
+    judged = json.loads((out / "metrics.json").read_text())["sftkey_synthetic"]["judge"]
+    assert judged["yes"] + judged["no"] == 2  # the judge was asked, with the key
