@@ -77,6 +77,8 @@ def disk_full_stops(stage: str, run_dir: Path) -> Iterator[None]:
     (a partial checkpoint, a half-written artifact), so what was saved before stays usable."""
     try:
         yield
+    except UserError:
+        raise  # already one message (a diverging loss, say), whatever the disk holds
     except Exception as err:  # safetensors' own error type carries ENOSPC only in its text
         if not is_disk_full(err, run_dir):
             raise

@@ -28,9 +28,12 @@ class Encoded:
     in_response: list[bool]  # tokens with loss in a `full` stage
     in_key: list[bool]  # tokens with loss in a `key` stage
 
+    def mask(self, kind: LabelKind) -> list[bool]:
+        """Which tokens carry a label in a stage of this kind."""
+        return self.in_response if kind == "full" else self.in_key
+
     def labels(self, kind: LabelKind) -> list[int]:
-        mask = self.in_response if kind == "full" else self.in_key
-        return [tok if keep else IGNORE for tok, keep in zip(self.input_ids, mask, strict=True)]
+        return [tok if keep else IGNORE for tok, keep in zip(self.input_ids, self.mask(kind), strict=True)]
 
     def count(self, segment: Segment) -> int:
         return sum(1 for s in self.segments if s == segment)

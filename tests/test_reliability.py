@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from sftkey_lora.rundir import checkpoints, is_whole
 
 from .conftest import QUICKSTART
@@ -102,3 +104,26 @@ def test_a_full_disk_while_saving_an_artifact_leaves_nothing_half_written(cli, t
     assert code == 2 and "is full" in err
     assert not (run_dir / "stage1").exists() and not list(run_dir.glob(".*.tmp"))
     assert [path.name for path in checkpoints(run_dir)][-1] == "checkpoint-8"  # training itself finished
+
+
+def test_a_failed_write_counts_as_a_full_disk_only_when_the_disk_is_full(tmp_path, monkeypatch) -> None:
+    """torch's writer reports ENOSPC only as a short write: free space decides."""
+    import shutil
+    from collections import namedtuple
+
+    from sftkey_lora.errors import UserError
+    from sftkey_lora.guards import disk_full_stops, is_disk_full
+
+    short_write = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+    usage = namedtuple("usage", "total used free")
+    assert is_disk_full(OSError(28, "No space left on device"), tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, 4096))
+    assert is_disk_full(short_write, tmp_path)
+    with pytest.raises(UserError, match=r"^stage1: the loss became NaN at step 3$"):  # its own message stays
+        with disk_full_stops("stage1", tmp_path):
+            raise UserError("stage1: the loss became NaN at step 3")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 10**9, 10**11))
+    assert not is_disk_full(short_write, tmp_path)
+    with pytest.raises(RuntimeError, match="unexpected pos"):  # not the disk: the error as raised
+        with disk_full_stops("stage1", tmp_path):
+            raise short_write

@@ -93,10 +93,9 @@ def _trainer(contender: str, model: Any, args: dict[str, Any], train: list, toke
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
 
-        data = Dataset.from_list([
-            {"input_ids": row.input_ids,
-             "completion_mask": [int(keep) for keep in (row.in_response if labels == "full" else row.in_key)]}
-            for row in train])
+        data = Dataset.from_list([{"input_ids": row.input_ids,
+                                   "completion_mask": [int(keep) for keep in row.mask(labels)]}
+                                  for row in train])
         config = SFTConfig(**args, completion_only_loss=True, max_length=None, packing=False)
         return SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer)
     raise ValueError(f"unknown contender {contender!r}")
