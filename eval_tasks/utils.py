@@ -1,22 +1,19 @@
 """Hooks of the sftkey_* tasks (`!function utils.NAME`): thin wrappers over
-`sftkey_lora.evaluation.tasks`. lm-eval calls `custom_dataset` with the task metadata."""
+`sftkey_lora.evaluation.tasks`. lm-eval calls `custom_dataset` with the task metadata;
+each task's hook is named after its data source (`sftkey_gsm8k.yaml` -> `utils.gsm8k`)."""
 
-from sftkey_lora.evaluation.tasks import build_docs, process_results
+from sftkey_lora.evaluation.tasks import TASKS, build_docs, process_results
 
-__all__ = ["process_results"]
+__all__ = ["process_results", *TASKS.values()]
 
 
 def _documents_of(task: str):
     def documents(**metadata):
         return build_docs(task, metadata)
 
-    documents.__name__ = task.removeprefix("sftkey_")
+    documents.__name__ = TASKS[task]
     return documents
 
 
-synthetic = _documents_of("sftkey_synthetic")
-gsm8k = _documents_of("sftkey_gsm8k")
-openbookqa = _documents_of("sftkey_openbookqa")
-openr1_math = _documents_of("sftkey_openr1_math")
-cot_collection = _documents_of("sftkey_cot_collection")
-jsonl = _documents_of("sftkey_jsonl")
+# One hook per task, from the one table of sources.
+globals().update({source: _documents_of(task) for task, source in TASKS.items()})

@@ -10,9 +10,13 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import UserError
 from .recipe import load_recipe
+
+if TYPE_CHECKING:
+    from .train.plan import EvalStep
 
 EXIT_USER_ERROR = 2
 
@@ -82,7 +86,7 @@ def _eval_parsers(commands: argparse._SubParsersAction) -> None:
 def _bench_parser(commands: argparse._SubParsersAction) -> None:
     from dataclasses import fields
 
-    from .bench import CONTENDERS
+    from .bench.contest import CONTENDERS
     from .bench.workload import Workload
 
     bench = commands.add_parser("bench", help="time our stage 1 and 2 steps against TRL's SFTTrainer and a "
@@ -99,7 +103,7 @@ def _bench_parser(commands: argparse._SubParsersAction) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     from dataclasses import fields
 
-    from .bench import CONTENDERS, OURS, default_contenders, run_bench, setting, table
+    from .bench.contest import CONTENDERS, OURS, default_contenders, run_bench, setting, table
     from .bench.workload import Workload
 
     known = (*CONTENDERS, "unsloth")
@@ -112,7 +116,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     except ValueError as err:
         raise UserError(f"bench: {err}") from None
     if "unsloth" in contenders:
-        from .unsloth_backend import require_unsloth
+        from .train.unsloth import require_unsloth
 
         require_unsloth()
     report = run_bench(workload, contenders, progress=lambda line: print(line, file=sys.stderr))
@@ -139,16 +143,17 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from .plan import dry_run
+    from .rundir.layout import RunLayout
+    from .train.plan import plan_run
 
     recipe = load_recipe(args.recipe, args.overrides)
     run_dir = args.output or Path("adapters") / (recipe.name or args.recipe.stem)
     if args.dry_run:
-        plan = dry_run(recipe, run_dir)
+        plan = plan_run(recipe, RunLayout(run_dir)).as_json(recipe)
         print(json.dumps(plan, indent=1) if args.json else _plan_text(plan))
         return
     if recipe.model.backend == "unsloth":
-        from .unsloth_backend import require_unsloth
+        from .train.unsloth import require_unsloth
 
         require_unsloth()  # before transformers is imported, so that its patches apply
     from .run import run_recipe
@@ -159,12 +164,16 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def _plan_text(plan: dict) -> str:
-    lines = [f"output: {plan['output']}"]
+    lines = [f"output: {plan['output']}", f"steps: {' -> '.join(plan['steps'])}"]
     for stage in plan["stages"]:
         trains = f"lora {stage['lora']}" if stage["lora"] else "every weight (full-parameter)"
         lines.append(f"{stage['name']}: labels {stage['labels']}, base {stage['base']}, "
                      f"precision {stage['precision']}, {trains}")
         lines += [f"  {key}: {value}" for key, value in stage["training_args"].items()]
+    if plan["merge"]:
+        merge = plan["merge"]
+        lines.append(f"merge: {merge['adapter']} into 16-bit weights ({merge['base']} base) "
+                     f"-> {merge['output']}")
     return "\n".join(lines)
 
 
@@ -183,17 +192,19 @@ def _task_list(text: str) -> list[str]:
 def cmd_eval(args: argparse.Namespace) -> None:
     from .evaluation.runner import evaluate_model, evaluate_run
     from .recipe import Recipe, apply_override, validate_recipe
-    from .rundir import RUN_FILE, RunRecord, recorded_recipe
+    from .rundir.layout import RunLayout
+    from .rundir.record import RunRecord, is_run, recorded_recipe
+    from .train.plan import plan_evaluation
 
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit: must be at least 1")
-    target = Path(args.target)
-    if (target / RUN_FILE).is_file():
+    target = RunLayout(Path(args.target))
+    if is_run(target.root):
         if args.recipe or args.output:
             raise UserError("--recipe / --output: a run is evaluated with its own recipe, into its directory")
         recipe = recorded_recipe(target, args.overrides)
         record = RunRecord.open(target, recipe, fresh=False)  # refuses a change to what was trained
-        evaluate_run(recipe, record, args.tasks, args.limit)
+        evaluate_run(recipe, record, _evaluation(plan_evaluation(recipe, args.tasks, args.limit)))
         return
     raw = (load_recipe(args.recipe) if args.recipe else Recipe()).model_dump(mode="json")
     raw["model"]["name_or_path"] = args.target
@@ -201,7 +212,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
         apply_override(raw, item)
     recipe = validate_recipe(raw, source=str(args.recipe or "eval"))
     output = args.output or Path("evals") / Path(args.target.removeprefix("builtin:")).name
-    evaluate_model(recipe, output, args.tasks, args.limit)
+    evaluate_model(recipe, RunLayout(output), _evaluation(plan_evaluation(recipe, args.tasks, args.limit)))
+
+
+def _evaluation(step: EvalStep | None) -> EvalStep:
+    if step is None:
+        raise UserError("eval.tasks: no task to evaluate on; give --tasks (and eval.path for a jsonl source)")
+    return step
 
 
 def cmd_tasks_dir(args: argparse.Namespace) -> None:
@@ -211,8 +228,8 @@ def cmd_tasks_dir(args: argparse.Namespace) -> None:
 
 
 def cmd_build_tiny(args: argparse.Namespace) -> None:
-    from .loading import BUILTIN_DIR
     from .tiny_model import build_tiny
+    from .train.loading import BUILTIN_DIR
 
     output = args.output or BUILTIN_DIR / "tiny"
     given = {"steps": args.steps, "seed": args.seed}

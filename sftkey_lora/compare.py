@@ -15,18 +15,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .callbacks import KEY_KEY
 from .errors import UserError
-from .evaluation.report import results_table
-from .evaluation.runner import EVAL_STEP
+from .evaluation.report import metric_titles, results_table
 from .plots import plot_key_loss_curves, plot_metric_bars
 from .recipe import Recipe
 from .run import run_recipe
-from .rundir import RunRecord, write_text_atomic
+from .rundir.files import write_text_atomic
+from .rundir.layout import EVAL_STEP, CompareLayout
+from .rundir.outcomes import EvalOutcome, StageOutcome
+from .rundir.record import RunRecord
+from .strategies import BASELINE, STAGE_NAMES, STRATEGIES
 
-COMPARED = ("sft", "sft_tag", "key_tag", "sftkey_tag")
-BASELINE = "sft"
-REPORT_FILE = "comparison.md"
+COMPARED = tuple(STRATEGIES)  # every strategy, the baseline first
 
 
 def compare(recipe: Recipe, out_dir: Path, fresh: bool = False,
@@ -35,45 +35,50 @@ def compare(recipe: Recipe, out_dir: Path, fresh: bool = False,
     if not recipe.eval_tasks():
         raise UserError("eval.tasks: a comparison is made of evaluations; give the tasks to evaluate on "
                         "(and eval.path for a jsonl source)")
+    layout = CompareLayout(out_dir)
     records: dict[str, RunRecord] = {}
     seconds: dict[str, float] = {}
     for strategy in COMPARED:
         say(f"== {strategy}")
         started = time.perf_counter()
-        records[strategy] = run_recipe(recipe.model_copy(update={"strategy": strategy}), out_dir / strategy,
-                                       fresh=fresh, say=say)
+        records[strategy] = run_recipe(recipe.model_copy(update={"strategy": strategy}),
+                                       layout.run(strategy).root, fresh=fresh, say=say)
         seconds[strategy] = time.perf_counter() - started
-    results = {name: record.data["steps"][EVAL_STEP]["metrics"] for name, record in records.items()}
-    plot_metric_bars(results, out_dir / "comparison.png")
+    results = {name: _metrics(record) for name, record in records.items()}
+    plot_metric_bars(results, layout.bars_plot)
     plot_key_loss_curves({name: key_loss_history(record) for name, record in records.items()},
-                         out_dir / "key_loss.png")
+                         layout.key_loss_plot)
     report = comparison_markdown(recipe, results, records, seconds)
-    write_text_atomic(out_dir / REPORT_FILE, report)
+    write_text_atomic(layout.report_file, report)
     say(report)
     return results
 
 
-def key_loss_history(record: RunRecord) -> list[dict[str, Any]]:
-    """The held-out key loss through every stage, later stages' steps following earlier ones."""
-    points: list[dict[str, Any]] = []
+def _metrics(record: RunRecord) -> dict[str, Any]:
+    outcome = record.outcome(EVAL_STEP, EvalOutcome)
+    if outcome is None:
+        raise UserError(f"{record.layout.root}: not evaluated; run the comparison again")
+    return outcome.metrics
+
+
+def key_loss_history(record: RunRecord) -> list[tuple[int, float]]:
+    """(step, held-out key loss) through every stage, later stages' steps following earlier ones."""
+    points: list[tuple[int, float]] = []
     offset = 0
-    for name, step in record.data["steps"].items():
-        history = [entry for entry in step.get("log_history", []) if KEY_KEY in entry]
-        if not name.startswith("stage") or not history:
-            continue
-        points += [{"step": entry["step"] + offset, KEY_KEY: entry[KEY_KEY]} for entry in history]
-        offset = points[-1]["step"]
+    for name in STAGE_NAMES:
+        outcome = record.outcome(name, StageOutcome)
+        curve = outcome.key_loss_curve() if outcome else []
+        points += [(step + offset, loss) for step, loss in curve]
+        offset = points[-1][0] if points else offset
     return points
 
 
 def comparison_markdown(recipe: Recipe, results: dict[str, dict[str, Any]], records: dict[str, RunRecord],
                         seconds: dict[str, float]) -> str:
-    alpha = recipe.eval.alpha
     parts = [f"# {recipe.name}: strategies compared", "",
              f"Each strategy trained with the recipe's settings on `{recipe.model.name_or_path}` and "
              f"evaluated greedily. Relative change against `{BASELINE}` in parentheses.", ""]
-    for metric, title in (("score", f"Score ({alpha:g}·acc + {1 - alpha:g}·fmt)"), ("acc", "Accuracy"),
-                          ("fmt", "Format adherence")):
+    for metric, title in metric_titles(recipe.eval.alpha):
         parts += [f"## {title}", "", results_table(results, metric, BASELINE), ""]
     parts += ["## Held-out key-token loss", "",
               "Key tokens follow `</Thinking>`; for the untagged `sft`, the separator and the answer.",
@@ -81,7 +86,7 @@ def comparison_markdown(recipe: Recipe, results: dict[str, dict[str, Any]], reco
               "|---|---:|---:|---:|"]
     for name, record in records.items():
         history = key_loss_history(record)
-        start, end = (history[0][KEY_KEY], history[-1][KEY_KEY]) if history else (float("nan"),) * 2
+        start, end = (history[0][1], history[-1][1]) if history else (float("nan"),) * 2
         parts.append(f"| {name} | {start:.3f} | {end:.3f} | {seconds[name]:.0f} s |")
     parts += ["", "![acc, fmt and score](comparison.png)", "", "![key-token loss](key_loss.png)", ""]
     return "\n".join(parts)

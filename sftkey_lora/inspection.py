@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from .data import DataReport, load_examples
-from .loading import load_tokenizer
-from .masks import IGNORE, Encoded, encode_examples
+from .prep.masks import IGNORE, Encoded, encode_examples
+from .prep.render import Segment
 from .recipe import Recipe
-from .render import Segment
 from .strategies import STRATEGIES, StageSpec, StrategySpec
+from .train.loading import run_tokenizer
+from .train.plan import plan_tokenizer
 
 COLOURS = {  # ANSI SGR codes per segment
     Segment.PROMPT: "2", Segment.THINKING: "34", Segment.ANSWER: "1;32",
@@ -50,7 +51,7 @@ class Inspection:
 
 def inspect_recipe(recipe: Recipe) -> Inspection:
     strategy = STRATEGIES[recipe.strategy]
-    tokenizer = load_tokenizer(recipe.model, recipe.format)
+    tokenizer, _ = run_tokenizer(plan_tokenizer(recipe))
     examples, report = load_examples(recipe.data)
     encoded = encode_examples(examples, tokenizer, recipe.format, strategy.tagged, report)
     return Inspection(recipe, strategy, tokenizer, encoded, report)

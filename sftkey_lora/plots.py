@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .callbacks import KEY_KEY, THINKING_KEY
+from .evaluation.metrics import METRICS
+from .rundir.layout import KEY_LOSS, THINKING_LOSS
 
-CURVES = (("loss", "training loss (stage labels)"), (THINKING_KEY, "held-out thinking tokens"),
-          (KEY_KEY, "held-out key tokens"))
+CURVES = (("loss", "training loss (stage labels)"), (THINKING_LOSS, "held-out thinking tokens"),
+          (KEY_LOSS, "held-out key tokens"))
 
 
 def plot_stage_losses(history: list[dict[str, Any]], stage: str, path: Path) -> None:
@@ -29,7 +30,7 @@ def plot_metric_bars(results: dict[str, dict[str, dict[str, float]]], path: Path
     """acc, fmt and score side by side: per task (and their average), a bar per row label
     (one run, or one strategy of a comparison)."""
     plt = _pyplot()
-    metrics = ("acc", "fmt", "score")
+    metrics = METRICS
     labels = list(results)
     columns = table_columns(results)
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), sharey=True)
@@ -47,14 +48,13 @@ def plot_metric_bars(results: dict[str, dict[str, dict[str, float]]], path: Path
     _save(fig, plt, path)
 
 
-def plot_key_loss_curves(histories: dict[str, list[dict[str, Any]]], path: Path) -> None:
+def plot_key_loss_curves(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
     """Held-out key-token loss against training progress, one curve per strategy (the
     paper's Figure 3); each strategy's stages follow one another on the x axis."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     styles = ("-", "--", ":", "-.")  # strategies sharing a stage draw the same curve: keep both visible
-    for index, (label, history) in enumerate(histories.items()):
-        points = [(entry["step"], entry[KEY_KEY]) for entry in history if KEY_KEY in entry]
+    for index, (label, points) in enumerate(curves.items()):
         if points:
             ax.plot(*zip(*points, strict=True), styles[index % len(styles)], marker=".", label=label)
     ax.set(title="held-out key-token loss", xlabel="optimizer step (stages in sequence)",

@@ -12,7 +12,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .data.sources import SOURCES, task_name
 from .errors import UserError, first_line
+from .strategies import METHOD, STAGE_NAMES, STRATEGIES
 
 # Appendix C.1 of the paper, the default system prompt for base models.
 PAPER_SYSTEM_PROMPT = (
@@ -23,10 +25,11 @@ PAPER_SYSTEM_PROMPT = (
     "reasoning process here </Thinking> <Answer> answer here </Answer>."
 )
 
-Strategy = Literal["sft", "sft_tag", "key_tag", "sftkey_tag"]
-Source = Literal["synthetic", "jsonl", "gsm8k", "openbookqa", "openr1_math", "cot_collection"]
+# The allowed values, from the one table of each (validation lists them in its messages).
+Strategy = Literal[tuple(STRATEGIES)]  # type: ignore[valid-type]
+Source = Literal[tuple(SOURCES)]  # type: ignore[valid-type]
+StageName = Literal[STAGE_NAMES]  # type: ignore[valid-type]
 SegmentationRule = Literal["gsm8k", "answer_is", "boxed", "last_line"]
-StageName = Literal["stage1", "stage2"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 # The `optim` values of TrainingArguments offered here (paged ones page only on a GPU).
 Optimizer = Literal["adamw_torch", "adamw_torch_fused", "adamw_bnb_8bit", "paged_adamw_8bit",
@@ -183,7 +186,7 @@ class EvalConfig(_Section):
 
 class Recipe(_Section):
     name: str | None = None
-    strategy: Strategy = "sftkey_tag"
+    strategy: Strategy = METHOD
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     format: FormatConfig = FormatConfig()
@@ -216,10 +219,12 @@ class Recipe(_Section):
 
     @model_validator(mode="after")
     def _one_mode(self) -> Recipe:
-        modes = {self.stage(name).training.mode for name in ("stage1", "stage2")}
-        if len(modes) > 1:
-            raise ValueError("training.mode: both stages train the same way (set it at the top level)")
-        if "full" in modes and self.model.quantization != "none":
+        """The mode is the run's: adapters merge between stages, full weights do not."""
+        for name in STAGE_NAMES:
+            if self.stage(name).training.mode != self.training.mode:
+                raise ValueError(f"stages.{name}.training.mode: every stage trains the same way, and "
+                                 f"training.mode is {self.training.mode}; set training.mode instead")
+        if self.training.mode == "full" and self.model.quantization != "none":
             raise ValueError("training.mode: full trains every weight in 16-bit; "
                              "set model.quantization: none")
         return self
@@ -228,7 +233,7 @@ class Recipe(_Section):
     def _unsloth_trains_adapters(self) -> Recipe:
         if self.model.backend != "unsloth":
             return self
-        if self.training.mode == "full" or any(self.stage(n).training.mode == "full" for n in self.stages):
+        if self.training.mode == "full":
             raise ValueError("model.backend: unsloth trains LoRA adapters; use training.mode: lora")
         if self.format.tags == "added_tokens":
             raise ValueError("model.backend: unsloth cannot train rows of added tag tokens; "
@@ -240,9 +245,9 @@ class Recipe(_Section):
         (`eval.path`) is none: there is nothing of the user's to evaluate on."""
         if self.eval.tasks != "auto":
             return list(self.eval.tasks)
-        if self.data.source == "jsonl" and self.eval.path is None:
+        if SOURCES[self.data.source].test_split is None and self.eval.path is None:
             return []
-        return [f"sftkey_{self.data.source}"]
+        return [task_name(self.data.source)]
 
     def stage(self, name: str) -> StageConfig:
         """The resolved settings of one stage."""

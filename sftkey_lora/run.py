@@ -1,62 +1,62 @@
-"""`sftkey-lora run`: every stage of a strategy, resumable, recorded in `run.json`.
+"""`sftkey-lora run`: every step of the plan that is not complete, executed and recorded.
 
-sftkey_tag: stage1 (adapter on the 4-bit base, full labels) -> merge into 16-bit
-`stage1-merged/` -> stage2 (fresh adapter on the 4-bit merged model, key labels only)
--> evaluation on the recipe's lm-eval tasks (`eval`).
-Completed steps are skipped when the same command runs again; a stage interrupted
-mid-way resumes from its last `checkpoint-N/`.
+The plan (`train/plan.py`) decides the steps; this module only runs them, in order:
+for sftkey_tag stage1 -> merge -> stage2, then the evaluation. Completed steps are skipped
+when the same command runs again; a stage interrupted mid-way resumes from its last
+`checkpoint-N/`.
 """
 
 from __future__ import annotations
 
 import random
 import sys
-import time
 from collections.abc import Callable
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from .collate import Collator, batches, pad_id
 from .data import load_examples
-from .distributed import is_main, wait_for_everyone
 from .errors import UserError
-from .evaluation.runner import EVAL_STEP, evaluate_run
-from .guards import disk_full_stops
-from .loading import load_tokenizer
-from .masks import Encoded, encode_examples
-from .merge import merge_stage1
-from .plan import MERGED_DIR, StagePlan, full_mode, plan_stages
+from .evaluation.runner import evaluate_run
 from .plots import plot_stage_losses
+from .prep.collate import Collator, batches, pad_id
+from .prep.masks import Encoded, encode_examples
 from .recipe import Recipe
-from .rundir import RunRecord, remove_checkpoints, remove_partial_checkpoints
-from .strategies import STRATEGIES
-from .tags import ALL_TAGS
+from .rundir.files import remove_checkpoints, remove_partial_checkpoints
+from .rundir.layout import EVAL_STEP, RunLayout
+from .rundir.outcomes import EvalOutcome, summary_table
+from .rundir.record import RunRecord
+from .train.distributed import is_main, wait_for_everyone
+from .train.guards import disk_full_stops
+from .train.plan import MergeStep, RunPlan, StageStep, TrainingStep, plan_run
 
-MERGE_STEP = "merge"
+Say = Callable[[str], None]
 
 
 def run_recipe(recipe: Recipe, run_dir: Path, fresh: bool = False,
-               say: Callable[[str], None] = lambda text: print(text, file=sys.stderr)) -> RunRecord:
-    """Train every stage not yet complete, then evaluate unless this evaluation is recorded.
-    With several processes all train; the main one alone merges, evaluates and reports."""
+               say: Say = lambda text: print(text, file=sys.stderr)) -> RunRecord:
+    """Execute every planned step not yet complete, then evaluate unless this evaluation is
+    recorded. With several processes all train; the main one alone merges, evaluates, reports."""
     if not is_main():
         say = _silent
-    record = RunRecord.open(run_dir, recipe, fresh)
-    plans = plan_stages(recipe, run_dir)
-    merges = len(plans) > 1 and not full_mode(recipe)
-    steps = [plan.name for plan in plans] + ([MERGE_STEP] if merges else [])
-    if all(record.status(step) == "complete" for step in steps):
+    layout = RunLayout(run_dir)
+    record = RunRecord.open(layout, recipe, fresh)
+    plan = plan_run(recipe, layout)
+    pending = [step for step in plan.steps if record.status(step.name) != "complete"]
+    if not pending:
         say(f"{run_dir}: every stage is complete (--fresh starts over)")
-    else:
-        _train_stages(recipe, plans, record, say)
-    summary = summary_table(record)
+    execution = _Execution(recipe, plan, record, say)
+    for step in pending:
+        execution.run(step)
+    summary = summary_table(record.steps)
     say(summary)
+    evaluation = plan.evaluation
     if not is_main():
         return record
-    if recipe.eval_tasks() and not _evaluated(recipe, record):
-        evaluate_run(recipe, record, training=summary, say=say)
-    elif recipe.data.source == "jsonl" and recipe.eval.tasks == "auto" and recipe.eval.path is None:
-        say("eval: skipped; set eval.path to a test file in the jsonl schema to evaluate on it")
+    if evaluation is not None and not evaluation.done_by(record.outcome(EVAL_STEP, EvalOutcome)):
+        evaluate_run(recipe, record, evaluation, training=summary, say=say)
+    elif evaluation is None and recipe.eval.tasks == "auto":
+        say("eval: skipped; set eval.path to a test file in the data source's schema to evaluate on it")
     return record
 
 
@@ -64,39 +64,72 @@ def _silent(text: str) -> None:
     """What processes other than the main one say: nothing, the main one says it all."""
 
 
-def _train_stages(recipe: Recipe, plans: list[StagePlan], record: RunRecord,
-                  say: Callable[[str], None]) -> None:
-    tokenizer = load_tokenizer(recipe.model, recipe.format)
-    train, holdout = _training_data(recipe, tokenizer, record)
-    adds_tags = recipe.format.tags == "added_tokens" and STRATEGIES[recipe.strategy].tagged
-    new_ids = tokenizer.convert_tokens_to_ids(list(ALL_TAGS)) if adds_tags else []
-    for plan in plans:
-        if plan.name == "stage2" and not full_mode(recipe) and record.status(MERGE_STEP) != "complete":
-            _merge(recipe, plan, record, tokenizer, holdout, say)
-        if record.status(plan.name) == "complete":
-            continue
-        _train(recipe, plan, record, tokenizer, train, holdout, new_ids if plan.name == "stage1" else [], say)
+class _Execution:
+    """What the steps of one run share, loaded once and only if a step needs it."""
 
+    def __init__(self, recipe: Recipe, plan: RunPlan, record: RunRecord, say: Say) -> None:
+        self.recipe, self.plan, self.record, self.say = recipe, plan, record, say
 
-def _evaluated(recipe: Recipe, record: RunRecord) -> bool:
-    """Whether run.json records a finished evaluation with the recipe's present settings."""
-    step = record.data["steps"].get(EVAL_STEP, {})
-    recorded = (step.get("tasks"), step.get("limit"), step.get("eval"))
-    wanted = (recipe.eval_tasks(), recipe.eval.limit, recipe.eval.model_dump(mode="json"))
-    return step.get("status") == "complete" and recorded == wanted
+    def run(self, step: TrainingStep) -> None:
+        if isinstance(step, MergeStep):
+            self._merge(step)
+        else:
+            self._train(step)
 
+    @cached_property
+    def tokenizer(self) -> tuple[Any, list[int]]:
+        """The run's tokenizer and the ids of the tags it adds as tokens."""
+        from .train.loading import run_tokenizer
 
-def _training_data(recipe: Recipe, tokenizer: Any, record: RunRecord) -> tuple[list[Encoded], list[Encoded]]:
-    """Encoded examples, minus `data.holdout` of them drawn with the stage-1 seed."""
-    examples, report = load_examples(recipe.data)
-    rows = encode_examples(examples, tokenizer, recipe.format, STRATEGIES[recipe.strategy].tagged, report)
-    held = recipe.data.holdout
-    if len(rows) <= held:
-        raise UserError(f"data.holdout: {held} held-out examples leave none of the {len(rows)} usable "
-                        f"examples to train on; lower it or add data\n{report.format()}")
-    train, holdout = split_holdout(rows, held, recipe.stage("stage1").training.seed)
-    record.update(data={**report.to_dict(), "train": len(train), "holdout": len(holdout)})
-    return train, holdout
+        return run_tokenizer(self.plan.tokenizer)
+
+    @cached_property
+    def data(self) -> tuple[list[Encoded], list[Encoded]]:
+        """(train, holdout): encoded examples, `data.holdout` of them held out."""
+        examples, report = load_examples(self.recipe.data)
+        rows = encode_examples(examples, self.tokenizer[0], self.recipe.format, self.plan.tagged, report)
+        held = self.recipe.data.holdout
+        if len(rows) <= held:
+            raise UserError(f"data.holdout: {held} held-out examples leave none of the {len(rows)} usable "
+                            f"examples to train on; lower it or add data\n{report.format()}")
+        train, holdout = split_holdout(rows, held, self.plan.holdout_seed)
+        self.record.update(data={**report.to_dict(), "train": len(train), "holdout": len(holdout)})
+        return train, holdout
+
+    def _train(self, step: StageStep) -> None:
+        from .train.stage import StageInputs, train_stage
+
+        layout = self.plan.layout
+        if is_main():
+            if self.record.status(step.name) != "running":
+                remove_checkpoints(layout)  # left by an earlier stage, never this one's
+            for name in remove_partial_checkpoints(layout):
+                self.say(f"{step.name}: {name} was cut short while being saved; removed, resuming from "
+                         "the one before")
+        wait_for_everyone()  # every process resumes from the same checkpoint, or none
+        self.record.start(step.name)
+        tokenizer, tag_ids = self.tokenizer
+        train, holdout = self.data
+        outcome = train_stage(step, StageInputs(tokenizer, train, holdout, tag_ids), layout)
+        if is_main():
+            plot_stage_losses(outcome.log_history, step.name, layout.stage_plot(step.name))
+        self.record.complete(step.name, outcome)  # written by the main process
+        if is_main():
+            remove_checkpoints(layout)
+        wait_for_everyone()
+
+    def _merge(self, step: MergeStep) -> None:
+        self.say(f"merging stage1 into 16-bit weights ({step.choice} base) ...")
+        if is_main():  # the main process merges; the others wait for its output
+            from .train.merge import merge_stage1
+
+            tokenizer = self.tokenizer[0]
+            probe = list(batches(self.data[1], step.probe_batch_size, Collator(pad_id(tokenizer), "full")))
+            self.record.start(step.name)
+            with disk_full_stops(step.name, self.plan.layout):
+                outcome = merge_stage1(step, tokenizer, probe)
+            self.record.complete(step.name, outcome)
+        wait_for_everyone()
 
 
 def split_holdout(rows: list[Encoded], n: int, seed: int) -> tuple[list[Encoded], list[Encoded]]:
@@ -104,65 +137,3 @@ def split_holdout(rows: list[Encoded], n: int, seed: int) -> tuple[list[Encoded]
     picked = set(random.Random(seed).sample(range(len(rows)), n))
     return ([row for i, row in enumerate(rows) if i not in picked],
             [row for i, row in enumerate(rows) if i in picked])
-
-
-def _train(recipe: Recipe, plan: StagePlan, record: RunRecord, tokenizer: Any, train: list[Encoded],
-           holdout: list[Encoded], new_ids: list[int], say: Callable[[str], None]) -> None:
-    from .stage import StageInputs, train_stage
-
-    if is_main():
-        if record.status(plan.name) != "running":
-            remove_checkpoints(record.run_dir)  # left by an earlier stage, never this one's
-        for name in remove_partial_checkpoints(record.run_dir):
-            say(f"{plan.name}: {name} was cut short while being saved; removed, resuming from the one before")
-    wait_for_everyone()  # every process resumes from the same checkpoint, or none
-    record.update_step(plan.name, status="running", started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    if plan.model != recipe.model:  # stage 2 reads the merged model's own tokenizer
-        tokenizer = load_tokenizer(plan.model, recipe.format)
-    inputs = StageInputs(tokenizer, train, holdout, new_ids)
-    outcome = train_stage(plan, inputs, record.run_dir)
-    plot = record.run_dir / "plots" / f"{plan.name}_loss.png"
-    if is_main():
-        plot_stage_losses(outcome["log_history"], plan.name, plot)
-    record.update_step(plan.name, status="complete", **outcome)  # written by the main process
-    if is_main():
-        remove_checkpoints(record.run_dir)
-    wait_for_everyone()
-
-
-def _merge(recipe: Recipe, plan: StagePlan, record: RunRecord, tokenizer: Any, holdout: list[Encoded],
-           say: Callable[[str], None]) -> None:
-    say(f"merging stage1 into 16-bit weights ({recipe.merge.base} base) ...")
-    if not is_main():  # the main process merges; the others wait for stage1-merged/
-        wait_for_everyone()
-        record.update_step(MERGE_STEP, status="complete")
-        return
-    started = time.perf_counter()
-    probe = list(batches(holdout, plan.config.training.batch_size, Collator(pad_id(tokenizer), "full")))
-    with disk_full_stops(MERGE_STEP, record.run_dir):
-        outcome = merge_stage1(recipe.model, record.run_dir / "stage1", record.run_dir / MERGED_DIR,
-                               tokenizer, probe, plan.precision, recipe.merge.base)
-    seconds = round(time.perf_counter() - started, 1)
-    record.update_step(MERGE_STEP, status="complete", seconds=seconds, **outcome)
-    wait_for_everyone()
-
-
-def summary_table(record: RunRecord) -> str:
-    """Per step: status, wall time, training tokens/s, peak memory, held-out key loss."""
-    rows = [("step", "status", "time", "tokens/s", "peak memory", "held-out key loss")]
-    for name, step in record.data["steps"].items():
-        if name == EVAL_STEP:
-            continue
-        if name == MERGE_STEP:
-            kl = ", ".join(f"{k} {v:.3g}" for k, v in step.get("kl", {}).items())
-            rows.append((name, step.get("status", ""), f"{step.get('seconds', 0):.0f} s", "",
-                         "", f"KL {kl} -> {step.get('base', '?')}"))
-            continue
-        key = step.get("heldout_key_loss", {})
-        rows.append((name, step.get("status", ""), f"{step.get('seconds', 0):.0f} s",
-                     f"{step.get('tokens_per_second', 0):,.0f}", f"{step.get('peak_memory_mb', 0):,.0f} MB",
-                     f"{key.get('before', float('nan')):.3f} -> {key.get('after', float('nan')):.3f}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-                     for row in rows)
-

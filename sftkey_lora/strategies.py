@@ -1,4 +1,4 @@
-"""What each training strategy means: tagged or not, and which labels each stage uses."""
+"""The training strategies: the one table every list of strategies, stages and labels comes from."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ class StrategySpec:
     stages: tuple[StageSpec, ...]
 
 
+# In the order of the paper's tables: the baseline first, the method last.
 STRATEGIES: dict[str, StrategySpec] = {
     "sft": StrategySpec(tagged=False, stages=(StageSpec("stage1", "full"),)),
     "sft_tag": StrategySpec(tagged=True, stages=(StageSpec("stage1", "full"),)),
@@ -28,3 +29,8 @@ STRATEGIES: dict[str, StrategySpec] = {
         tagged=True, stages=(StageSpec("stage1", "full"), StageSpec("stage2", "key"))
     ),
 }
+BASELINE = "sft"  # what every other strategy is compared against
+METHOD = "sftkey_tag"  # the paper's two-stage method
+# Every stage name any strategy uses, in order of first use.
+STAGE_NAMES: tuple[str, ...] = tuple(dict.fromkeys(
+    stage.name for spec in STRATEGIES.values() for stage in spec.stages))

@@ -15,8 +15,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .data.synthetic import synthetic_split
+from .prep.render import render, render_prompt
 from .recipe import PAPER_SYSTEM_PROMPT, FormatConfig
-from .render import render, render_prompt
 
 EOS = "<|endoftext|>"
 VOCAB_SIZE = 2048

@@ -1,26 +1,39 @@
-"""Shared fixtures. Tests never touch the network: the hub is offline for all of them."""
+"""Shared fixtures. Tests never touch the network: the hub is offline for all of them.
+
+Two tiers: `make test-fast` runs everything not marked `slow` (no training run, no
+subprocess of lm-eval or torchrun); `make test` runs all. The small run is trained once per
+test session and shared by every test that only reads what it wrote.
+"""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
+
+from tests.support import QUICKSTART, SMALL, SMALL_EVAL, quiet
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
-
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
-    from sftkey_lora.loading import load_tokenizer
-    from sftkey_lora.recipe import FormatConfig, ModelConfig
+    from sftkey_lora.recipe import ModelConfig
+    from sftkey_lora.train.loading import load_tokenizer
 
-    return load_tokenizer(ModelConfig(), FormatConfig())
+    return load_tokenizer(ModelConfig())
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory):
+    """(recipe, record) of the quickstart cut to a few steps per stage, then evaluated on 4
+    problems: trained once, read by many tests. Tests that change it work on a copy."""
+    from sftkey_lora.recipe import load_recipe
+    from sftkey_lora.run import run_recipe
+
+    recipe = load_recipe(QUICKSTART, SMALL + SMALL_EVAL)
+    return recipe, run_recipe(recipe, tmp_path_factory.mktemp("small") / "run", say=quiet)
 
 
 @pytest.fixture

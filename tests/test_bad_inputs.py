@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sftkey_lora.loading import resolve_model_path
-
-from .conftest import QUICKSTART
+from sftkey_lora.train.loading import resolve_model_path
+from tests.support import QUICKSTART
 
 GOOD_ROW = {"question": "What is 2 + 2?", "thinking": "2 + 2 = 4.", "answer": "4"}
 

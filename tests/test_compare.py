@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from sftkey_lora.compare import COMPARED, key_loss_history
 from sftkey_lora.evaluation.report import results_table
 from sftkey_lora.recipe import Recipe
-from sftkey_lora.rundir import RunRecord
-
-from .conftest import QUICKSTART
+from sftkey_lora.rundir.layout import RunLayout
+from sftkey_lora.rundir.record import RunRecord
+from tests.support import MERGED, QUICKSTART, stage_outcome
 
 TINY = ["data.synthetic.n_train=40", "data.holdout=4", "format.system_prompt=", "training.batch_size=8",
         "training.logging_steps=1", "training.max_steps=2", "eval.limit=2", "eval.max_gen_toks=32"]
@@ -25,17 +27,18 @@ def test_table_gives_the_average_and_the_change_against_the_baseline() -> None:
 
 
 def test_key_loss_history_puts_the_stages_in_sequence(tmp_path) -> None:
-    record = RunRecord(tmp_path, {"steps": {
-        "stage1": {"log_history": [{"step": 0, "heldout_key_loss": 9.0}, {"step": 5, "loss": 1.0},
-                                   {"step": 10, "heldout_key_loss": 3.0}]},
-        "merge": {"kl": {"nf4": 0.1}},
-        "stage2": {"log_history": [{"step": 0, "heldout_key_loss": 3.0},
-                                   {"step": 4, "heldout_key_loss": 1.0}]},
-    }})
-    points = [(p["step"], p["heldout_key_loss"]) for p in key_loss_history(record)]
-    assert points == [(0, 9.0), (10, 3.0), (10, 3.0), (14, 1.0)]
+    stage1 = stage_outcome().model_copy(update={"log_history": [
+        {"step": 0, "heldout_key_loss": 9.0}, {"step": 5, "loss": 1.0},
+        {"step": 10, "heldout_key_loss": 3.0}]})
+    stage2 = stage_outcome().model_copy(update={"log_history": [
+        {"step": 0, "heldout_key_loss": 3.0}, {"step": 4, "heldout_key_loss": 1.0}]})
+    record = RunRecord(RunLayout(tmp_path), {"steps": {}})
+    for name, outcome in (("stage1", stage1), ("merge", MERGED), ("stage2", stage2)):
+        record.complete(name, outcome)
+    assert key_loss_history(record) == [(0, 9.0), (10, 3.0), (10, 3.0), (14, 1.0)]
 
 
+@pytest.mark.slow
 def test_compare_runs_every_strategy_and_writes_the_comparison(cli, tmp_path) -> None:
     out = tmp_path / "cmp"
     code, _, err = cli("compare", str(QUICKSTART), "--output", str(out), *[f"--set={s}" for s in TINY])

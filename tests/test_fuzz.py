@@ -11,8 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sftkey_lora.cli import main
-
-from .conftest import QUICKSTART
+from tests.support import QUICKSTART
 
 FIELDS = ["strategy", "model.quantization", "model.backend", "data.source", "data.limit", "data.holdout",
           "data.segmentation", "data.path", "format.template", "format.tags", "format.max_length",

@@ -4,7 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .conftest import FIXTURES, QUICKSTART, ROOT
+from tests.support import FIXTURES, QUICKSTART, ROOT
 
 UNSEEN_ROWS = [
     {"question": "  Über-Preis für 🍎? ", "thinking": "Schritt 1: 3 × 🍎 = 6 €\nSchritt 2:\tprüfen…\n",

@@ -5,8 +5,7 @@ import pytest
 
 from sftkey_lora.errors import UserError
 from sftkey_lora.recipe import PAPER_SYSTEM_PROMPT, Recipe, load_recipe
-
-from .conftest import QUICKSTART, ROOT
+from tests.support import QUICKSTART, ROOT
 
 LAUNCH_CONFIGS = sorted((ROOT / "recipes" / "accelerate").glob("*.yaml"))  # accelerate's, not recipes
 ALL_RECIPES = sorted(set((ROOT / "recipes").rglob("*.yaml")) - set(LAUNCH_CONFIGS))
@@ -112,7 +111,8 @@ def test_bad_includes_are_named(tmp_path: Path, files: dict[str, str], expected:
 
 
 def test_paper_recipes_are_the_papers_setting() -> None:
-    from sftkey_lora.plan import dry_run
+    from sftkey_lora.rundir.layout import RunLayout
+    from sftkey_lora.train.plan import plan_run
 
     runnable = [p for p in (ROOT / "recipes" / "paper").glob("*.yaml") if not p.name.startswith("_")]
     recipes = [load_recipe(p) for p in runnable]
@@ -120,7 +120,7 @@ def test_paper_recipes_are_the_papers_setting() -> None:
     assert {("Qwen/Qwen2.5-7B", s) for s in ("gsm8k", "openbookqa", "openr1_math", "cot_collection")} <= pairs
     assert len({model for model, source in pairs if source == "gsm8k"}) == 5
     for recipe in recipes:
-        plan = dry_run(recipe, Path("/nonexistent"))
+        plan = plan_run(recipe, RunLayout(Path("/nonexistent"))).as_json(recipe)
         assert [stage["name"] for stage in plan["stages"]] == ["stage1", "stage2"]
         for stage in plan["stages"]:
             args = stage["training_args"]

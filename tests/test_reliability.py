@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from sftkey_lora.rundir import checkpoints, is_whole
-
-from .conftest import QUICKSTART
-from .test_run import SMALL
+from sftkey_lora.rundir.files import is_whole
+from sftkey_lora.rundir.layout import RunLayout
+from tests.support import QUICKSTART, SMALL
 
 STAGE1_STEPS = ["--set=stages.stage1.training.max_steps=8"]
 
@@ -26,7 +25,7 @@ def stage1_status(run_dir: Path) -> str:
 
 
 def test_a_nan_loss_stops_the_stage_naming_stage_and_step(cli, tmp_path, monkeypatch) -> None:
-    from sftkey_lora.loss import LabelledLogitsLoss
+    from sftkey_lora.train.loss import LabelledLogitsLoss
 
     real = LabelledLogitsLoss.__call__
     calls = []
@@ -42,8 +41,8 @@ def test_a_nan_loss_stops_the_stage_naming_stage_and_step(cli, tmp_path, monkeyp
     assert code == 2
     assert "stage1: the loss became NaN at step 5" in err and "checkpoint-4 is intact" in err
     assert "Traceback" not in err and err.count("sftkey-lora: error:") == 1
-    assert [path.name for path in checkpoints(run_dir)] == ["checkpoint-2", "checkpoint-4"]
-    assert all(is_whole(path) for path in checkpoints(run_dir))
+    assert [path.name for path in RunLayout(run_dir).checkpoints()] == ["checkpoint-2", "checkpoint-4"]
+    assert all(is_whole(path) for path in RunLayout(run_dir).checkpoints())
     assert stage1_status(run_dir) == "running"  # never marked complete
     assert not (run_dir / "stage1").exists()
 
@@ -75,7 +74,8 @@ def test_a_full_disk_while_saving_a_checkpoint_keeps_the_one_before(cli, tmp_pat
     assert code == 2
     assert f"stage1: the disk holding {run_dir} is full" in err and "checkpoint-2" in err
     assert "Traceback" not in err and err.count("sftkey-lora: error:") == 1
-    assert [path.name for path in checkpoints(run_dir)] == ["checkpoint-2"]  # checkpoint-4 removed
+    # checkpoint-4 was cut short and removed
+    assert [path.name for path in RunLayout(run_dir).checkpoints()] == ["checkpoint-2"]
     assert is_whole(run_dir / "checkpoint-2")
     assert stage1_status(run_dir) == "running"
 
@@ -103,7 +103,8 @@ def test_a_full_disk_while_saving_an_artifact_leaves_nothing_half_written(cli, t
     code, _, err = cli(*run_args(run_dir))
     assert code == 2 and "is full" in err
     assert not (run_dir / "stage1").exists() and not list(run_dir.glob(".*.tmp"))
-    assert [path.name for path in checkpoints(run_dir)][-1] == "checkpoint-8"  # training itself finished
+    # training itself finished
+    assert [path.name for path in RunLayout(run_dir).checkpoints()][-1] == "checkpoint-8"
 
 
 def test_a_failed_write_counts_as_a_full_disk_only_when_the_disk_is_full(tmp_path, monkeypatch) -> None:
@@ -112,7 +113,7 @@ def test_a_failed_write_counts_as_a_full_disk_only_when_the_disk_is_full(tmp_pat
     from collections import namedtuple
 
     from sftkey_lora.errors import UserError
-    from sftkey_lora.guards import disk_full_stops, is_disk_full
+    from sftkey_lora.train.guards import disk_full_stops, is_disk_full
 
     short_write = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
     usage = namedtuple("usage", "total used free")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -14,50 +13,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from sftkey_lora.collate import Collator, batches, pad_id
 from sftkey_lora.data import load_examples
 from sftkey_lora.errors import UserError
-from sftkey_lora.loading import load_model, load_tokenizer
-from sftkey_lora.masks import encode_examples
-from sftkey_lora.merge import mean_kl
+from sftkey_lora.prep.collate import Collator, batches, pad_id
+from sftkey_lora.prep.masks import encode_examples
 from sftkey_lora.recipe import load_recipe
 from sftkey_lora.run import run_recipe, split_holdout
+from sftkey_lora.train.loading import load_model, run_tokenizer
+from sftkey_lora.train.merge import mean_kl
+from sftkey_lora.train.plan import plan_tokenizer
+from tests.support import QUICKSTART, QUICKSTART_FULL, ROOT, SMALL, SMALL_EVAL, as_set_flags, quiet
 
-from .conftest import QUICKSTART, ROOT
-
-# A few steps of each stage on short sequences: enough to exercise every step of a run.
-SMALL = [
-    "data.synthetic.n_train=56", "data.holdout=8", "format.system_prompt=", "training.batch_size=8",
-    "training.logging_steps=2", "training.save_steps=2", "stages.stage1.training.max_steps=6",
-    "stages.stage2.training.max_steps=4", "eval.tasks=[]",
-]
-# The module's run also ends with a short evaluation.
-SMALL_EVAL = ["eval.tasks=[sftkey_synthetic]", "eval.limit=4", "eval.max_gen_toks=96"]
+slow = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def small_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("run") / "out"
-    recipe = load_recipe(QUICKSTART, SMALL + SMALL_EVAL)
-    return recipe, run_recipe(recipe, run_dir, say=lambda _: None)
-
-
-def test_dry_run_shows_training_arguments_of_both_stages(cli) -> None:
-    from transformers import TrainingArguments
-
-    code, out, _ = cli("run", str(QUICKSTART), "--dry-run", "--json", "--output", "/nonexistent/x")
-    assert code == 0
-    plan = json.loads(out)
-    assert [(s["name"], s["labels"]) for s in plan["stages"]] == [("stage1", "full"), ("stage2", "key")]
-    assert plan["stages"][1]["base"] == "/nonexistent/x/stage1-merged"
-    assert plan["stages"][1]["lora"]["r"] == 8  # the quickstart's own stage-2 adapter
-    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
-    for stage in plan["stages"]:
-        assert set(stage["training_args"]) <= fields
-        TrainingArguments(**stage["training_args"])
-    assert not Path("/nonexistent/x").exists()
-
-
+@slow
 def test_run_records_every_step(small_run) -> None:
     recipe, record = small_run
     steps = record.data["steps"]
@@ -77,6 +47,7 @@ def test_run_records_every_step(small_run) -> None:
     assert record.data["versions"]["peft"]
 
 
+@slow
 def test_run_directory_layout(small_run) -> None:
     run_dir = small_run[1].run_dir
     for path in ("run.json", "stage1/adapter_config.json", "stage1/adapter_model.safetensors",
@@ -88,6 +59,7 @@ def test_run_directory_layout(small_run) -> None:
     assert not list(run_dir.glob(".*.tmp*")), "temporary files left behind"
 
 
+@slow
 def test_stage2_loads_over_the_merged_model_and_generates(small_run) -> None:
     from peft import PeftModel
     from safetensors.torch import load_file
@@ -105,12 +77,13 @@ def test_stage2_loads_over_the_merged_model_and_generates(small_run) -> None:
     assert lora_b and all(t.abs().sum() > 0 for t in lora_b)
 
 
+@slow
 def test_merged_model_matches_the_stage1_model_within_the_recorded_kl(small_run) -> None:
     from peft import PeftModel
 
     recipe, record = small_run
     run_dir = record.run_dir
-    tokenizer = load_tokenizer(recipe.model, recipe.format)
+    tokenizer, _ = run_tokenizer(plan_tokenizer(recipe))
     examples, report = load_examples(recipe.data)
     rows = encode_examples(examples, tokenizer, recipe.format, True, report)
     _, holdout = split_holdout(rows, recipe.data.holdout, recipe.stage("stage1").training.seed)
@@ -127,6 +100,7 @@ def test_merged_model_matches_the_stage1_model_within_the_recorded_kl(small_run)
     assert mean_kl(stage1, base, probe) > 10 * kl  # the adapter did change the model
 
 
+@slow
 def test_rerun_skips_completed_stages(small_run) -> None:
     recipe, record = small_run
     before = (record.run_dir / "run.json").read_text()
@@ -136,6 +110,7 @@ def test_rerun_skips_completed_stages(small_run) -> None:
     assert (record.run_dir / "run.json").read_text() == before
 
 
+@slow
 def test_run_ends_with_evaluation(small_run) -> None:
     record = small_run[1]
     run_dir = record.run_dir
@@ -154,6 +129,7 @@ def test_run_ends_with_evaluation(small_run) -> None:
     assert (run_dir / "plots" / "eval_metrics.png").stat().st_size > 1000
 
 
+@slow
 def test_stock_lm_eval_cli_reads_a_run(small_run, tmp_path) -> None:
     run_dir = small_run[1].run_dir
     done = subprocess.run(
@@ -170,6 +146,7 @@ def test_stock_lm_eval_cli_reads_a_run(small_run, tmp_path) -> None:
     assert results["configs"]["sftkey_synthetic"]["metadata"]["pretrained"].endswith("stage1-merged")
 
 
+@slow
 def test_eval_command_reevaluates_a_run(small_run, cli, tmp_path) -> None:
     import shutil
 
@@ -187,9 +164,10 @@ def test_eval_command_reevaluates_a_run(small_run, cli, tmp_path) -> None:
 
 
 def test_eval_refuses_an_unfinished_run_and_a_missing_model(cli, tmp_path) -> None:
-    from sftkey_lora.rundir import RunRecord
+    from sftkey_lora.rundir.layout import RunLayout
+    from sftkey_lora.rundir.record import RunRecord
 
-    RunRecord.open(tmp_path / "run", load_recipe(QUICKSTART), fresh=False)
+    RunRecord.open(RunLayout(tmp_path / "run"), load_recipe(QUICKSTART), fresh=False)
     code, _, err = cli("eval", str(tmp_path / "run"))
     assert code == 2 and "stage1, stage2 not trained yet" in err
     code, _, err = cli("eval", str(tmp_path / "no-model"))
@@ -197,6 +175,7 @@ def test_eval_refuses_an_unfinished_run_and_a_missing_model(cli, tmp_path) -> No
     assert "Traceback" not in err
 
 
+@slow
 def test_changed_eval_settings_reevaluate_without_training(small_run, tmp_path) -> None:
     import shutil
 
@@ -211,6 +190,7 @@ def test_changed_eval_settings_reevaluate_without_training(small_run, tmp_path) 
     assert (steps["stage1"]["steps"], steps["stage2"]["steps"]) == (6, 4)  # not trained again
 
 
+@slow
 def test_another_recipe_in_the_same_directory_is_refused(small_run) -> None:
     recipe, record = small_run
     other = recipe.model_copy(update={"strategy": "sft_tag"})
@@ -229,7 +209,7 @@ KILLED = SMALL + ["stages.stage1.training.max_steps=12", "stages.stage2.training
 
 def run_until(run_dir: Path, appears: Path) -> None:
     """Start the run in a process of its own and kill it (SIGKILL) once `appears` exists."""
-    args = [f"--set={item}" for item in KILLED]
+    args = as_set_flags(KILLED)
     command = [sys.executable, "-m", "sftkey_lora", "run", str(QUICKSTART), "--output", str(run_dir), *args]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -250,10 +230,11 @@ def adapters(run_dir: Path) -> dict[str, torch.Tensor]:
             for name, tensor in load_file(run_dir / stage / "adapter_model.safetensors").items()}
 
 
+@slow
 def test_killed_twice_and_rerun_ends_with_the_uninterrupted_adapters(tmp_path) -> None:
     """SIGKILL in stage 1 (as checkpoint-4 is written) and again in stage 2, then the same
     command: the adapters equal those of a run never interrupted (CPU, fixed seed)."""
-    reference = run_recipe(load_recipe(QUICKSTART, KILLED), tmp_path / "reference", say=lambda _: None)
+    reference = run_recipe(load_recipe(QUICKSTART, KILLED), tmp_path / "reference", say=quiet)
     run_dir = tmp_path / "killed"
     run_until(run_dir, run_dir / "checkpoint-4" / "adapter_model.safetensors")
     assert json.loads((run_dir / "run.json").read_text())["steps"]["stage1"]["status"] == "running"
@@ -263,7 +244,7 @@ def test_killed_twice_and_rerun_ends_with_the_uninterrupted_adapters(tmp_path) -
     assert record["steps"]["stage1"]["status"] == "complete"
     assert record["steps"]["stage2"]["status"] == "running"
 
-    resumed = run_recipe(load_recipe(QUICKSTART, KILLED), run_dir, say=lambda _: None).data["steps"]
+    resumed = run_recipe(load_recipe(QUICKSTART, KILLED), run_dir, say=quiet).data["steps"]
     assert resumed["stage2"]["resumed_from"].startswith("checkpoint-")
     assert resumed["stage1"]["steps"] == 12 and resumed["stage2"]["steps"] == 8
     logged = [entry["step"] for entry in resumed["stage2"]["log_history"] if "loss" in entry]
@@ -275,6 +256,7 @@ def test_killed_twice_and_rerun_ends_with_the_uninterrupted_adapters(tmp_path) -
     assert not list(run_dir.glob(".*"))  # no temporary or set-aside folder left behind
 
 
+@slow
 def test_added_tag_tokens_are_trained_and_merged(small_run) -> None:
     """The quickstart adds the tags as tokens: their embedding rows train in stage 1 and the
     merged model carries them."""
@@ -297,6 +279,7 @@ def test_added_tag_tokens_are_trained_and_merged(small_run) -> None:
     assert torch.allclose(merged.get_input_embeddings().weight[ids], rows[0].to(torch.float32))
 
 
+@slow
 @pytest.mark.parametrize(("strategy", "extra", "labels"), [
     ("sft", [], "full"),
     ("key_tag", ["model.quantization=none"], "key"),  # and a 16-bit base (plain LoRA)
@@ -304,7 +287,7 @@ def test_added_tag_tokens_are_trained_and_merged(small_run) -> None:
 ])
 def test_one_stage_strategies(tmp_path, strategy: str, extra: list[str], labels: str) -> None:
     overrides = SMALL + [f"strategy={strategy}", "stages.stage1.training.max_steps=2", *extra]
-    record = run_recipe(load_recipe(QUICKSTART, overrides), tmp_path / "out", say=lambda _: None)
+    record = run_recipe(load_recipe(QUICKSTART, overrides), tmp_path / "out", say=quiet)
     assert list(record.data["steps"]) == ["stage1"]
     assert record.data["steps"]["stage1"]["labels"] == labels
     assert (tmp_path / "out" / "stage1" / "adapter_model.safetensors").is_file()
@@ -313,6 +296,7 @@ def test_one_stage_strategies(tmp_path, strategy: str, extra: list[str], labels:
     assert adapter["base_model_name_or_path"].endswith("builtin/tiny")
 
 
+@slow
 def test_a_run_is_reproducible(tmp_path) -> None:
     """The same recipe and seed give the same adapter, new tag rows included."""
     from safetensors.torch import load_file
@@ -320,21 +304,22 @@ def test_a_run_is_reproducible(tmp_path) -> None:
     overrides = SMALL + ["strategy=sft_tag", "stages.stage1.training.max_steps=2"]
     adapters = []
     for name in ("a", "b"):
-        run_recipe(load_recipe(QUICKSTART, overrides), tmp_path / name, say=lambda _: None)
+        run_recipe(load_recipe(QUICKSTART, overrides), tmp_path / name, say=quiet)
         adapters.append(load_file(tmp_path / name / "stage1" / "adapter_model.safetensors"))
     assert adapters[0].keys() == adapters[1].keys()
     assert all(torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])
 
 
+@slow
 def test_full_parameter_mode_trains_every_weight_and_continues_from_stage1(tmp_path) -> None:
     from safetensors.torch import load_file
 
-    from sftkey_lora.loading import resolve_model_path
+    from sftkey_lora.train.loading import resolve_model_path
 
     overrides = SMALL + ["stages.stage1.training.max_steps=3", "stages.stage2.training.max_steps=2",
                          "eval.tasks=[sftkey_synthetic]", "eval.limit=2", "eval.max_gen_toks=32"]
-    recipe = load_recipe(ROOT / "recipes" / "quickstart-full.yaml", overrides)
-    record = run_recipe(recipe, tmp_path / "out", say=lambda _: None)
+    recipe = load_recipe(QUICKSTART_FULL, overrides)
+    record = run_recipe(recipe, tmp_path / "out", say=quiet)
     steps = record.data["steps"]
     assert list(steps) == ["stage1", "stage2", "eval"]  # no merge: there is no adapter to merge
     run_dir = tmp_path / "out"
@@ -357,4 +342,4 @@ def test_full_parameter_mode_trains_every_weight_and_continues_from_stage1(tmp_p
 
 def test_full_parameter_mode_needs_16bit_weights() -> None:
     with pytest.raises(UserError, match="training.mode: full trains every weight in 16-bit"):
-        load_recipe(ROOT / "recipes" / "quickstart-full.yaml", ["model.quantization=nf4"])
+        load_recipe(QUICKSTART_FULL, ["model.quantization=nf4"])

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from sftkey_lora.recipe import Recipe
-
-from .conftest import ROOT
+from tests.support import ROOT
 
 FORBIDDEN = ("eval", "exec", "pickle.load", "pickle.loads", "yaml.load", "yaml.unsafe_load", "os.system")
 SOURCES = sorted((ROOT / "sftkey_lora").rglob("*.py")) + sorted((ROOT / "eval_tasks").glob("*.py"))
@@ -51,9 +50,7 @@ def test_remote_code_is_trusted_only_when_the_recipe_says_so() -> None:
 def test_a_run_writes_weights_as_safetensors_only(tmp_path) -> None:
     from sftkey_lora.recipe import load_recipe
     from sftkey_lora.run import run_recipe
-
-    from .conftest import QUICKSTART
-    from .test_run import SMALL
+    from tests.support import QUICKSTART, SMALL
 
     run = run_recipe(load_recipe(QUICKSTART, SMALL), tmp_path / "run", say=lambda _: None).run_dir
     weights = [p for p in run.rglob("*") if p.suffix in (".safetensors", ".bin", ".pt", ".pth", ".ckpt")]

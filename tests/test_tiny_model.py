@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from sftkey_lora.loading import resolve_model_path
 from sftkey_lora.tiny_model import build_tiny, untagged_accuracy
+from sftkey_lora.train.loading import resolve_model_path
 
 TINY = Path(resolve_model_path("builtin:tiny"))
 

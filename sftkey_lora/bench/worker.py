@@ -20,16 +20,22 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from ..hardware import ResolvedPrecision, cuda_available, peak_memory, reset_peak_memory, resolve_precision
-from ..loading import load_model
-from ..lora import attach_lora
-from ..plan import training_arguments
 from ..recipe import LoraSection, ModelConfig, TrainingConfig
-from ..stage import stage_trainer
 from ..strategies import LabelKind
+from ..train.hardware import (
+    ResolvedPrecision,
+    cuda_available,
+    peak_memory,
+    reset_peak_memory,
+    resolve_precision,
+)
+from ..train.loading import load_model
+from ..train.lora import attach_lora
+from ..train.plan import training_arguments
+from ..train.stage import stage_trainer
+from .contest import STAGE_LABELS
 from .workload import Workload, rows
 
-STAGE_LABELS: dict[str, LabelKind] = {"stage1": "full", "stage2": "key"}
 # Dense bf16 peak of the GPUs MFU is reported for (FLOP/s).
 PEAK_BF16_FLOPS = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "L40S": 362e12, "L4": 121e12}
 
@@ -45,11 +51,10 @@ def measure(workload: Workload, model_dir: Path, contender: str, stage: str) -> 
     train = rows(workload, workload.batch_size * (workload.warmup_steps + workload.steps))
     config = TrainingConfig(batch_size=workload.batch_size, max_steps=workload.warmup_steps + workload.steps,
                             shuffle=False, logging_steps=1, warmup=0, seed=workload.seed)
+    backend = "unsloth" if contender == "unsloth" else "transformers"
     with tempfile.TemporaryDirectory() as out:
-        args = {**training_arguments(config, precision, Path(out), cuda=cuda_available()),
+        args = {**training_arguments(config, precision, Path(out), cuda=cuda_available(), backend=backend),
                 "save_strategy": "no"}
-        if contender == "unsloth":
-            args["gradient_checkpointing"] = False  # its own, set up with its adapter
         trainer = _trainer(contender, model, args, train, tokenizer, labels)
         timer = StepTimer(workload.warmup_steps)
         trainer.add_callback(timer)
@@ -72,7 +77,7 @@ def _model(contender: str, workload: Workload, model_dir: Path, precision: Resol
     """The base with the recipe-default LoRA adapter; for `unsloth`, both through unsloth."""
     cfg = ModelConfig(name_or_path=str(model_dir), quantization=workload.quantization)
     if contender == "unsloth":
-        from ..unsloth_backend import unsloth_lora_model
+        from ..train.unsloth import unsloth_lora_model
 
         return unsloth_lora_model(cfg, LoraSection(), precision, vocab_size=workload.vocab_size,
                                   max_length=workload.seq_len, seed=workload.seed,

@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..data.example import Example
-from ..masks import Encoded
-from ..render import Segment
+from ..prep.masks import Encoded
+from ..prep.render import Segment
 
 QWEN25_VOCAB = 151_936
 
@@ -66,7 +66,7 @@ def write_model(workload: Workload, folder: Path) -> None:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
     from transformers.utils import logging
 
-    from ..loading import resolve_model_path
+    from ..train.loading import resolve_model_path
 
     config = LlamaConfig(
         vocab_size=workload.vocab_size, hidden_size=workload.hidden_size,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 MAX_SAMPLES_PER_REASON = 3
+# How a reference answer is compared: math-verify, an option letter, or normalised text.
+AnswerKind = Literal["math", "choice", "text"]
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,6 @@
-"""Data sources: each maps a row of its own schema to an `Example`.
+"""Data sources: each maps a row of its own schema to an `Example`. `SOURCES` is the one
+table of them: the recipe's `data.source` values, the hub datasets and the lm-eval tasks
+all come from it.
 
 Hub sources read through `datasets.load_dataset`; `data.path` swaps the hub for a local
 file in the same schema. Rows that cannot be used are counted by reason, never dropped
@@ -9,24 +11,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError, first_line
-from ..recipe import DataConfig
 from ..tags import ALL_TAGS
-from .example import BadRow, DataReport, Example
+from .example import AnswerKind, BadRow, DataReport, Example
 from .files import Row, read_local_rows
 from .segment import split_gsm8k, split_response
 from .synthetic import synthetic_split
 
-# source name -> (hub dataset id, hub config name)
-HUB_DATASETS: dict[str, tuple[str, str | None]] = {
-    "gsm8k": ("openai/gsm8k", "main"),
-    "openbookqa": ("allenai/openbookqa", "additional"),
-    "openr1_math": ("open-r1/OpenR1-Math-220k", "default"),
-    "cot_collection": ("kaist-ai/CoT-Collection", None),
-}
+if TYPE_CHECKING:  # the recipe names its sources from this module's table
+    from ..recipe import DataConfig
 
 
 def _field(row: dict[str, Any], name: str) -> str:
@@ -83,20 +79,40 @@ def jsonl_row(row: dict[str, Any], cfg: DataConfig) -> Example:
     return Example(question, found[0], found[1])
 
 
-ROW_MAPPERS: dict[str, Callable[[dict[str, Any], DataConfig], Example]] = {
-    "jsonl": jsonl_row,
-    "gsm8k": gsm8k_row,
-    "openbookqa": openbookqa_row,
-    "openr1_math": openr1_math_row,
-    "cot_collection": cot_collection_row,
+@dataclass(frozen=True)
+class SourceSpec:
+    # How a row of the source's schema becomes an Example; None: built in (synthetic).
+    row: Callable[[dict[str, Any], DataConfig], Example] | None
+    hub: tuple[str, str | None] | None  # (dataset id, config name); None: never on the hub
+    test_split: str | None  # the split its lm-eval task reads; None: a local file only
+    answer: AnswerKind | None  # how answers compare; None: inferred from each reference
+
+
+# OpenR1-Math-220k and CoT-Collection have only a train split: their last 500 rows are the
+# test set, apart from the first rows the shipped recipes train on (`data.limit`).
+SOURCES: dict[str, SourceSpec] = {
+    "synthetic": SourceSpec(None, None, "test", "math"),
+    "jsonl": SourceSpec(jsonl_row, None, None, None),
+    "gsm8k": SourceSpec(gsm8k_row, ("openai/gsm8k", "main"), "test", "math"),
+    "openbookqa": SourceSpec(openbookqa_row, ("allenai/openbookqa", "additional"), "test", "choice"),
+    "openr1_math": SourceSpec(openr1_math_row, ("open-r1/OpenR1-Math-220k", "default"),
+                              "train[-500:]", "math"),
+    "cot_collection": SourceSpec(cot_collection_row, ("kaist-ai/CoT-Collection", None),
+                                 "train[-500:]", "text"),
 }
+
+
+def task_name(source: str) -> str:
+    """The lm-eval task (`eval_tasks/<name>.yaml`) that evaluates on a source's test split."""
+    return f"sftkey_{source}"
 
 
 def load_examples(cfg: DataConfig, split: str | None = None) -> tuple[list[Example], DataReport]:
     """All usable examples of a split, and the report of what was read and dropped."""
     split = split or cfg.split
     report = DataReport(source=cfg.source, split=split if cfg.path is None else str(cfg.path))
-    if cfg.source == "synthetic":
+    to_example = SOURCES[cfg.source].row
+    if to_example is None:  # built in: generated, not read
         if split not in ("train", "test"):
             raise UserError(f"data.split: the synthetic source has `train` and `test`, not {split!r}")
         s = cfg.synthetic
@@ -109,7 +125,7 @@ def load_examples(cfg: DataConfig, split: str | None = None) -> tuple[list[Examp
             break
         report.rows_read += 1
         try:
-            example = ROW_MAPPERS[cfg.source](row, cfg)
+            example = to_example(row, cfg)
             _check_usable(example)
         except BadRow as bad:
             report.drop(bad.reason, where, bad.detail)
@@ -139,15 +155,16 @@ def _rows(cfg: DataConfig, split: str, report: DataReport) -> Iterator[Row]:
     if cfg.path is not None:
         yield from read_local_rows(cfg.path, report, cfg.skip_bad_rows)
         return
-    if cfg.source == "jsonl":
-        raise UserError("data.path: the jsonl source needs a file (data.path: my_data.jsonl)")
-    yield from _hub_rows(cfg.source, split)
+    hub = SOURCES[cfg.source].hub
+    if hub is None:
+        raise UserError(f"data.path: the {cfg.source} source needs a file (data.path: my_data.jsonl)")
+    yield from _hub_rows(cfg.source, hub, split)
 
 
-def _hub_rows(source: str, split: str) -> Iterator[Row]:
+def _hub_rows(source: str, hub: tuple[str, str | None], split: str) -> Iterator[Row]:
     import datasets
 
-    repo, config = HUB_DATASETS[source]
+    repo, config = hub
     try:
         table = datasets.load_dataset(repo, config, split=split)
     except Exception as err:  # offline, missing split, unknown repo: all the user's to fix

@@ -19,16 +19,14 @@ from typing import Any
 
 from ..errors import UserError
 from ..recipe import EvalConfig
-from ..rundir import replace_dir, write_json_atomic
-from .answers import grade
+from ..rundir.files import replace_dir, write_json_atomic
+from ..rundir.layout import RunLayout, temporary
 from .judge import Case, check_reachable, judge_all
+from .metrics import METRICS, grade, score
 
 # ./eval_tasks of a checkout, else the copy a wheel installs under <prefix>/share.
 TASKS_DIRS = (Path(__file__).resolve().parents[2] / "eval_tasks",
               Path(sysconfig.get_path("data")) / "share" / "sftkey-lora" / "eval_tasks")
-METRICS_FILE = "metrics.json"
-SAMPLES_DIR = "samples"
-METRICS = ("acc", "fmt", "score")
 
 
 def tasks_dir() -> Path:
@@ -47,7 +45,7 @@ def task_manager(metadata: dict[str, Any]):
 
 
 def evaluate(model: Any, tokenizer: Any, tasks: list[str], cfg: EvalConfig, metadata: dict[str, Any],
-             out_dir: Path, limit: int | None = None,
+             out: RunLayout, limit: int | None = None,
              say: Callable[[str], None] = lambda text: print(text, file=sys.stderr)) -> dict[str, Any]:
     """Generate, grade (and judge), then write metrics.json and samples/; returns the metrics."""
     from lm_eval import simple_evaluate
@@ -73,7 +71,7 @@ def evaluate(model: Any, tokenizer: Any, tasks: list[str], cfg: EvalConfig, meta
         say(f"{task}: acc {metrics[task]['acc']:.3f}  fmt {metrics[task]['fmt']:.3f}  "
             f"score {metrics[task]['score']:.3f}  (n={metrics[task]['n']})")
     metrics.update(group_means(metrics, output.get("group_subtasks", {})))
-    _write(out_dir, metrics, samples)
+    _write(out, metrics, samples)
     say(f"evaluated {', '.join(tasks)} in {time.perf_counter() - started:.0f} s")
     return metrics
 
@@ -106,19 +104,19 @@ def grade_samples(records: list[dict[str, Any]], cfg: EvalConfig,
             row["judge"] = verdict
             if verdict is not None:
                 row["acc"] = float(verdict)
-                row["score"] = cfg.alpha * row["acc"] + (1 - cfg.alpha) * row["fmt"]
+                row["score"] = score(row["acc"], row["fmt"], cfg.alpha)
     means = {name: statistics.fmean(row[name] for row in rows) if rows else 0.0 for name in METRICS}
     means["acc_exact"] = statistics.fmean(row["acc_exact"] for row in rows) if rows else 0.0
     return rows, {**means, "n": len(rows), "alpha": cfg.alpha, **({"judge": judged} if judged else {})}
 
 
-def _write(out_dir: Path, metrics: dict[str, Any], samples: dict[str, list[dict[str, Any]]]) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".{SAMPLES_DIR}.tmp"
+def _write(out: RunLayout, metrics: dict[str, Any], samples: dict[str, list[dict[str, Any]]]) -> None:
+    out.root.mkdir(parents=True, exist_ok=True)
+    tmp = temporary(out.samples_dir)
     tmp.mkdir(exist_ok=True)
     for task, rows in samples.items():
-        with (tmp / f"{task}.jsonl").open("w", encoding="utf-8") as handle:
+        with (tmp / out.samples_file(task).name).open("w", encoding="utf-8") as handle:
             for row in rows:
                 handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-    replace_dir(tmp, out_dir / SAMPLES_DIR)
-    write_json_atomic(out_dir / METRICS_FILE, metrics)
+    replace_dir(tmp, out.samples_dir)
+    write_json_atomic(out.metrics_file, metrics)

@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from ..plots import cell, plot_metric_bars, table_columns
-from ..rundir import write_text_atomic
+from ..rundir.files import write_text_atomic
+from ..rundir.layout import RunLayout
 
 Results = dict[str, dict[str, dict[str, Any]]]  # row label -> task -> {acc, fmt, score, ...}
-REPORT_FILE = "report.md"
-BARS_FILE = "plots/eval_metrics.png"
 
 
 def results_table(results: Results, metric: str, baseline: str | None = None) -> str:
@@ -35,15 +34,19 @@ def results_table(results: Results, metric: str, baseline: str | None = None) ->
     return "\n".join(lines)
 
 
-def write_run_report(out_dir: Path, label: str, metrics: dict[str, dict[str, Any]],
-                     described: str, training: str | None = None) -> Path:
+def metric_titles(alpha: float) -> tuple[tuple[str, str], ...]:
+    """(metric, section title) in the order reports show them: the score first."""
+    return (("score", f"Score = {alpha:g}·acc + {1 - alpha:g}·fmt"), ("acc", "Accuracy"),
+            ("fmt", "Format adherence"))
+
+
+def write_run_report(out: RunLayout, label: str, metrics: dict[str, dict[str, Any]], described: str,
+                     alpha: float, training: str | None = None) -> Path:
     """report.md of one evaluated model (and its training, for a run) and its bar chart."""
     results = {label: metrics}
-    plot_metric_bars(results, out_dir / BARS_FILE)
-    alpha = next((values["alpha"] for values in metrics.values() if "alpha" in values), 0.7)
+    plot_metric_bars(results, out.eval_plot)
     parts = [f"# {label}: evaluation", "", described, ""]
-    for metric, title in (("score", f"Score = {alpha:g}·acc + {1 - alpha:g}·fmt"), ("acc", "Accuracy"),
-                          ("fmt", "Format adherence")):
+    for metric, title in metric_titles(alpha):
         parts += [f"## {title}", "", results_table(results, metric), ""]
     parts += ["Per task: " + ", ".join(f"{task} n={values['n']}" for task, values in metrics.items()
                                        if "n" in values), ""]
@@ -53,8 +56,7 @@ def write_run_report(out_dir: Path, label: str, metrics: dict[str, dict[str, Any
                   "; ".join(f"{task} {counts}" for task, counts in judged.items()), ""]
     if training:
         parts += ["## Training", "", "```", training, "```", ""]
-    plots = sorted(path.name for path in (out_dir / "plots").glob("*.png"))
-    parts += ["## Plots", ""] + [f"![{name}](plots/{name})" for name in plots]
-    path = out_dir / REPORT_FILE
-    write_text_atomic(path, "\n".join(parts) + "\n")
-    return path
+    plots = sorted(out.plots_dir.glob("*.png"))
+    parts += ["## Plots", ""] + [f"![{path.name}]({path.relative_to(out.root)})" for path in plots]
+    write_text_atomic(out.report_file, "\n".join(parts) + "\n")
+    return out.report_file

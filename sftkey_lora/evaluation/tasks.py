@@ -21,35 +21,19 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..data import load_examples
+from ..data import SOURCES, AnswerKind, load_examples, task_name
 from ..errors import UserError
+from ..prep.render import render_prompt
 from ..recipe import DataConfig, EvalConfig, FormatConfig, ModelConfig, Recipe, load_recipe, validate_recipe
-from ..render import render_prompt
-from ..rundir import RUN_FILE, recorded_recipe
-from .answers import AnswerKind, grade
+from ..rundir.layout import RunLayout
+from ..rundir.record import is_run, recorded_recipe
+from .metrics import grade, score
 
-
-@dataclass(frozen=True)
-class TaskSpec:
-    source: str  # the data source whose rows become documents
-    split: str | None  # the hub split evaluated (None: the task reads a local file only)
-    kind: AnswerKind | None  # None: inferred from each reference (the jsonl task)
-
-
-# OpenR1-Math-220k and CoT-Collection have only a train split: their last 500 rows are the
-# test set, apart from the first rows the shipped recipes train on (`data.limit`).
-TASKS: dict[str, TaskSpec] = {
-    "sftkey_synthetic": TaskSpec("synthetic", "test", "math"),
-    "sftkey_gsm8k": TaskSpec("gsm8k", "test", "math"),
-    "sftkey_openbookqa": TaskSpec("openbookqa", "test", "choice"),
-    "sftkey_openr1_math": TaskSpec("openr1_math", "train[-500:]", "math"),
-    "sftkey_cot_collection": TaskSpec("cot_collection", "train[-500:]", "text"),
-    "sftkey_jsonl": TaskSpec("jsonl", None, None),
-}
+# Task name -> the data source whose test split it evaluates on: one task per source.
+TASKS: dict[str, str] = {task_name(source): source for source in SOURCES}
 _MATH_LIKE = re.compile(r"\s*-?[\d.,]+\s*|.*[\\$^].*", re.DOTALL)  # a number, or LaTeX
 
 
@@ -58,16 +42,17 @@ def build_docs(task: str, metadata: dict[str, Any]) -> dict[str, Any]:
     labels, alpha."""
     import datasets
 
-    spec = TASKS[task]
+    source = TASKS[task]
+    spec = SOURCES[source]
     recipe = recipe_from_metadata(metadata)
-    data_path = metadata.get("data_path") or _recipe_eval_path(recipe, spec.source)
-    if spec.source == "jsonl" and not data_path:
+    data_path = metadata.get("data_path") or _recipe_eval_path(recipe, source)
+    if spec.test_split is None and not data_path:
         raise UserError(f"{task}: give the test file as --metadata '{{\"data_path\": \"test.jsonl\"}}' "
                         "(or eval.path in the recipe)")
     data = DataConfig(
-        source=spec.source,  # type: ignore[arg-type]
+        source=source,
         path=Path(data_path) if data_path else None,
-        split=metadata.get("split") or spec.split or "test",
+        split=metadata.get("split") or spec.test_split or "test",
         synthetic=recipe.data.synthetic if recipe else DataConfig().synthetic,
     )
     try:
@@ -83,7 +68,7 @@ def build_docs(task: str, metadata: dict[str, Any]) -> dict[str, Any]:
     docs = [{
         "id": example.id, "question": example.prompt,
         "prompt": render_prompt(example.prompt, fmt, tokenizer), "reference": example.answer,
-        "kind": spec.kind or metadata.get("answer_kind") or infer_kind(example.answer),
+        "kind": spec.answer or metadata.get("answer_kind") or infer_kind(example.answer),
         "labels": list(example.labels), "alpha": alpha,
     } for example in examples]
     return {"test": datasets.Dataset.from_list(docs)}
@@ -92,9 +77,8 @@ def build_docs(task: str, metadata: dict[str, Any]) -> dict[str, Any]:
 def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
     """lm-eval's per-sample metrics; each is averaged over the task."""
     graded = grade(results[0], doc["reference"], doc["kind"], tuple(doc["labels"]))
-    alpha = doc["alpha"]
     return {"acc": float(graded.acc), "fmt": float(graded.fmt),
-            "score": alpha * graded.acc + (1 - alpha) * graded.fmt}
+            "score": score(graded.acc, graded.fmt, doc["alpha"])}
 
 
 def infer_kind(reference: str) -> AnswerKind:
@@ -110,8 +94,8 @@ def recipe_from_metadata(metadata: dict[str, Any]) -> Recipe | None:
         return load_recipe(given)
     for key in ("peft", "pretrained"):
         value = metadata.get(key)
-        if isinstance(value, str) and (Path(value).parent / RUN_FILE).is_file():
-            return recorded_recipe(Path(value).parent)
+        if isinstance(value, str) and is_run(Path(value).parent):
+            return recorded_recipe(RunLayout(Path(value).parent))
     return None
 
 
@@ -125,11 +109,11 @@ def _chat_tokenizer(fmt: FormatConfig, recipe: Recipe | None, metadata: dict[str
     """The tokenizer whose chat template renders prompts, when the format asks for one."""
     if fmt.template != "chat":
         return None
-    from ..loading import load_tokenizer
+    from ..train.loading import load_tokenizer
 
     model = recipe.model if recipe else None
     name = metadata.get("pretrained") or (model.name_or_path if model else None)
     if not isinstance(name, str):
         raise UserError("format.template: chat needs the model's tokenizer; pass pretrained=PATH")
     base = model or ModelConfig()
-    return load_tokenizer(base.model_copy(update={"name_or_path": name}), fmt)
+    return load_tokenizer(base.model_copy(update={"name_or_path": name}))

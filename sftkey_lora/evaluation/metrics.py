@@ -1,0 +1,131 @@
+"""Format check and answer grading of one generated response (paper Appendix D and §5).
+
+`fmt` is strict: the whole output (surrounding whitespace aside) is exactly
+`<Thinking>…</Thinking><Answer>…</Answer>`, both parts non-empty and free of tags.
+`acc` is lenient, so a response with a broken format can still be right, as with the
+paper's judge. The answer is read from, in order:
+  1. the last `<Answer>` up to its `</Answer>` (or to the end when it is not closed);
+  2. else the text after the last `</Thinking>`;
+  3. else the whole output;
+and when 2 or 3 applies it is narrowed to the last number or `\\boxed{}` (math) or the
+last option letter (multiple choice). Equality: math-verify for math, the option letter
+for multiple choice, normalised text (case, punctuation, articles, spaces) otherwise.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import threading
+from dataclasses import dataclass
+
+from ..data.example import AnswerKind
+from ..tags import ALL_TAGS, ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
+
+METRICS = ("acc", "fmt", "score")  # what every sftkey_* task reports
+
+_FORMAT = re.compile(
+    rf"\s*{re.escape(THINK_OPEN)}(?P<thinking>.*?){re.escape(THINK_CLOSE)}"
+    rf"{re.escape(ANSWER_OPEN)}(?P<answer>.*?){re.escape(ANSWER_CLOSE)}\s*",
+    re.DOTALL,
+)
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+_BOXED = "\\boxed"
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+@dataclass(frozen=True)
+class Grade:
+    acc: bool
+    fmt: bool
+    extracted: str  # the answer as read from the output, after narrowing
+
+
+def score(acc: float, fmt: float, alpha: float) -> float:
+    """The paper's composite: alpha·acc + (1 − alpha)·fmt (alpha is `eval.alpha`, 0.7)."""
+    return alpha * acc + (1 - alpha) * fmt
+
+
+def follows_format(output: str) -> bool:
+    """Exactly one thinking part then one answer part, nothing else, nothing nested."""
+    found = _FORMAT.fullmatch(output)
+    if found is None:
+        return False
+    parts = (found["thinking"], found["answer"])
+    return all(part.strip() for part in parts) and not any(tag in part for part in parts for tag in ALL_TAGS)
+
+
+def answer_part(output: str) -> tuple[str, bool]:
+    """(the text the response offers as its answer, whether it came from `<Answer>` tags)."""
+    start = output.rfind(ANSWER_OPEN)
+    if start >= 0:
+        body = output[start + len(ANSWER_OPEN):]
+        end = body.find(ANSWER_CLOSE)
+        return (body if end < 0 else body[:end]).strip(), True
+    think_end = output.rfind(THINK_CLOSE)
+    rest = output[think_end + len(THINK_CLOSE):] if think_end >= 0 else output
+    return rest.strip(), False
+
+
+def grade(output: str, reference: str, kind: AnswerKind, labels: tuple[str, ...] = ()) -> Grade:
+    """Grade one response against its reference answer."""
+    text, tagged = answer_part(output)
+    if kind == "math":
+        extracted = text if tagged else _last_math(text)
+        correct = math_equal(reference, extracted)
+    elif kind == "choice":
+        extracted = choice_letter(text, labels or tuple("ABCDE"), anywhere=not tagged)
+        correct = extracted != "" and extracted == reference.strip().upper()
+    else:
+        extracted = text
+        correct = normalize_text(extracted) == normalize_text(reference) != ""
+    return Grade(acc=correct, fmt=follows_format(output), extracted=extracted)
+
+
+def math_equal(reference: str, answer: str) -> bool:
+    """math-verify equality (gold first: `verify` is asymmetric); plain numbers and LaTeX
+    alike, so `1,000` equals `1000` and `\\frac{1}{2}` equals `0.5`. A reference math-verify
+    cannot read is compared as normalised text."""
+    from math_verify import parse, verify
+
+    if not answer.strip():
+        return False
+    # math-verify times out through signals, which only the main thread may use.
+    timeout = 5 if threading.current_thread() is threading.main_thread() else None
+    gold = parse(reference, parsing_timeout=timeout)
+    if not gold:
+        return normalize_text(reference) == normalize_text(answer)
+    return bool(verify(gold, parse(answer, parsing_timeout=timeout), timeout_seconds=timeout))
+
+
+def _last_math(text: str) -> str:
+    """Outside the tags: the last `\\boxed{…}` if any (math-verify reads it), else the last number."""
+    boxed = text.rfind(_BOXED)
+    if boxed >= 0:
+        return text[boxed:]
+    numbers = _NUMBER.findall(text)
+    return numbers[-1] if numbers else ""
+
+
+def choice_letter(text: str, labels: tuple[str, ...], anywhere: bool) -> str:
+    """The option letter a text names: `B`, `(B)`, `B.`, `B) text` or `the answer is B`; with
+    `anywhere`, else the last letter standing alone. Empty when none is named."""
+    letters = "".join(re.escape(label) for label in labels)
+    # A bare letter must end the text or be followed by `.`, `)`, `:` or `,`: "A plant" is no option.
+    head = re.match(rf"\s*(?:\(([{letters}])\)|([{letters}])(?:[.):,]|\s*$))", text)
+    if head:
+        return head[1] or head[2]
+    stated = re.findall(rf"answer is:?\s*\(?([{letters}])\b", text, flags=re.IGNORECASE)
+    if stated:
+        return stated[-1].upper()
+    if anywhere:
+        alone = re.findall(rf"\(([{letters}])\)|\b([{letters}])\b", text)
+        if alone:
+            return "".join(alone[-1])
+    return ""
+
+
+def normalize_text(text: str) -> str:
+    """Lower case, no punctuation, no articles, single spaces."""
+    text = text.lower().translate(str.maketrans("", "", string.punctuation))
+    return " ".join(_ARTICLES.sub(" ", text).split())

@@ -1,0 +1,74 @@
+"""Render an example to text, keeping the character span of every segment.
+
+Masks are later derived from these spans and the tokenizer's offsets, never by
+searching for tag token ids: a string tokenizes differently in context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+from ..data import Example
+from ..errors import UserError
+from ..recipe import FormatConfig
+from ..tags import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
+
+
+class Segment(IntEnum):
+    PROMPT = 0
+    THINKING = 1
+    ANSWER = 2
+    TAG = 3
+    EOS = 4
+
+
+@dataclass(frozen=True)
+class Rendered:
+    text: str
+    char_segments: tuple[Segment, ...]  # one per character of `text`
+    response_start: int  # first character of the response (stage `full` loss)
+    key_start: int  # first character after </Thinking> (stage `key` loss, Eq. 4)
+
+
+def render_prompt(prompt: str, fmt: FormatConfig, tokenizer: object | None = None) -> str:
+    """The text before the response, as used in training and in evaluation."""
+    if fmt.template == "chat":
+        template = getattr(tokenizer, "chat_template", None)
+        if not template:
+            raise UserError("format.template: chat, but the tokenizer has no chat template; "
+                            "use format.template: base")
+        messages = [{"role": "user", "content": prompt}]
+        if fmt.system_prompt:
+            messages.insert(0, {"role": "system", "content": fmt.system_prompt})
+        return tokenizer.apply_chat_template(  # type: ignore[attr-defined]
+            messages, add_generation_prompt=True, tokenize=False
+        )
+    head = f"{fmt.system_prompt}\n" if fmt.system_prompt else ""
+    # The response starts on its own line so no token can join prompt and response text.
+    return f"{head}User: {prompt}\nAssistant:\n"
+
+
+def render(
+    example: Example, fmt: FormatConfig, tagged: bool, tokenizer: object | None = None
+) -> Rendered:
+    """Prompt + response; tagged is the paper's `<Thinking>…</Thinking><Answer>…</Answer>`."""
+    prompt = render_prompt(example.prompt, fmt, tokenizer)
+    if tagged:
+        pieces = [
+            (prompt, Segment.PROMPT), (THINK_OPEN, Segment.TAG),
+            (example.thinking, Segment.THINKING), (THINK_CLOSE, Segment.TAG),
+            (ANSWER_OPEN, Segment.TAG), (example.answer, Segment.ANSWER),
+            (ANSWER_CLOSE, Segment.TAG),
+        ]
+        key_piece = 4
+    else:
+        pieces = [
+            (prompt, Segment.PROMPT), (example.thinking, Segment.THINKING),
+            (fmt.untagged_separator, Segment.TAG), (example.answer, Segment.ANSWER),
+        ]
+        key_piece = 2
+    text = "".join(piece for piece, _ in pieces)
+    segments = tuple(seg for piece, seg in pieces for _ in piece)
+    key_start = sum(len(piece) for piece, _ in pieces[:key_piece])
+    return Rendered(text, segments, response_start=len(prompt), key_start=key_start)

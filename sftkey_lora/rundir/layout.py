@@ -1,0 +1,109 @@
+"""Where everything of a run lives: every file and folder name, every step name, in one place.
+
+A run directory (`sftkey-lora run`), an evaluation of a model outside a run (`sftkey-lora
+eval MODEL`) and a comparison (`sftkey-lora compare`) are laid out here and nowhere else.
+Nothing here imports torch or transformers, so reports and plots stay light.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..strategies import STAGE_NAMES
+
+# Step names as `run.json` records them: the stages, then these two.
+MERGE_STEP = "merge"
+EVAL_STEP = "eval"
+# Keys of the held-out losses in each stage's `log_history`.
+THINKING_LOSS, KEY_LOSS = "heldout_thinking_loss", "heldout_key_loss"
+CHECKPOINT_PREFIX = "checkpoint-"
+MERGED_DIR = "stage1-merged"
+
+
+def temporary(path: Path, tag: str = "") -> Path:
+    """The name a file or folder is written under before it is renamed into place."""
+    return path.with_name(f".{path.name}{f'.{tag}' if tag else ''}.tmp")
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """A run directory; an evaluation-only directory uses the evaluation part of it."""
+
+    root: Path
+
+    @property
+    def run_file(self) -> Path:
+        return self.root / "run.json"
+
+    def stage_dir(self, stage: str) -> Path:
+        """A stage's adapter (or, in full mode, its whole model), with its tokenizer."""
+        if stage not in STAGE_NAMES:
+            raise ValueError(f"unknown stage {stage!r}")
+        return self.root / stage
+
+    @property
+    def merged_dir(self) -> Path:
+        """The stage-1 adapter merged into 16-bit weights: the base of stage 2."""
+        return self.root / MERGED_DIR
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def samples_dir(self) -> Path:
+        return self.root / "samples"
+
+    def samples_file(self, task: str) -> Path:
+        return self.samples_dir / f"{task}.jsonl"
+
+    @property
+    def report_file(self) -> Path:
+        return self.root / "report.md"
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.root / "plots"
+
+    def stage_plot(self, stage: str) -> Path:
+        return self.plots_dir / f"{stage}_loss.png"
+
+    @property
+    def eval_plot(self) -> Path:
+        return self.plots_dir / "eval_metrics.png"
+
+    def checkpoint(self, step: int) -> Path:
+        return self.root / f"{CHECKPOINT_PREFIX}{step}"
+
+    def checkpoints(self) -> list[Path]:
+        """The Trainer's `checkpoint-N/` folders, by step."""
+        found = [path for path in self.root.glob(f"{CHECKPOINT_PREFIX}*")
+                 if path.is_dir() and path.name.removeprefix(CHECKPOINT_PREFIX).isdigit()]
+        return sorted(found, key=checkpoint_step)
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name.removeprefix(CHECKPOINT_PREFIX))
+
+
+@dataclass(frozen=True)
+class CompareLayout:
+    """A comparison: one run directory per strategy, and the comparison's own files."""
+
+    root: Path
+
+    def run(self, strategy: str) -> RunLayout:
+        return RunLayout(self.root / strategy)
+
+    @property
+    def report_file(self) -> Path:
+        return self.root / "comparison.md"
+
+    @property
+    def bars_plot(self) -> Path:
+        return self.root / "comparison.png"
+
+    @property
+    def key_loss_plot(self) -> Path:
+        return self.root / "key_loss.png"

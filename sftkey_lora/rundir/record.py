@@ -1,0 +1,168 @@
+"""`run.json`: what ran, with what, and how far it got.
+
+It is rewritten atomically after every change, and a step is marked `complete` only once
+its artifacts are whole on disk, so a run killed at any moment is resumed by running the
+same command again.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..errors import UserError, first_line
+from ..recipe import Recipe, apply_override, validate_recipe
+from ..train.distributed import is_main, wait_for_everyone, world_size
+from ..train.hardware import device_summary
+from .files import write_json_atomic
+from .layout import RunLayout
+from .outcomes import Outcome
+
+T = TypeVar("T", bound=Outcome)
+
+EVAL_ONLY_SECTIONS = ("eval",)  # recipe sections that change nothing that was trained
+PACKAGES = ("sftkey-lora", "torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets")
+
+
+@dataclass
+class RunRecord:
+    layout: RunLayout
+    data: dict[str, Any]
+
+    @classmethod
+    def open(cls, layout: RunLayout, recipe: Recipe, fresh: bool) -> RunRecord:
+        """The record of a run directory: resumed if it holds this recipe's run, new if empty.
+        With several processes the main one writes it and the others read it."""
+        file = layout.run_file
+        resolved = recipe.model_dump(mode="json")
+        _refuse_other_contents(layout, resolved, fresh)  # every process alike: nothing written yet
+        if is_main():
+            if fresh and file.exists():
+                shutil.rmtree(layout.root)
+            if file.exists():
+                record = cls(layout, _read(file))
+                record.update(recipe=resolved)  # evaluation settings may change between runs
+            else:
+                layout.root.mkdir(parents=True, exist_ok=True)
+                record = cls(layout, {
+                    "recipe": resolved, "versions": package_versions(), "git_commit": git_commit(),
+                    "device": device_summary(), "world_size": world_size(), "created": _now(), "steps": {},
+                })
+                record.save()
+        wait_for_everyone()
+        return record if is_main() else cls(layout, _read(file))
+
+    @property
+    def run_dir(self) -> Path:
+        return self.layout.root
+
+    @property
+    def steps(self) -> dict[str, dict[str, Any]]:
+        return self.data["steps"]
+
+    def status(self, step: str) -> str:
+        return self.steps.get(step, {}).get("status", "pending")
+
+    def start(self, step: str, **fields: Any) -> None:
+        self.steps[step] = {"status": "running", "started": _now(), **fields}
+        self.save()
+
+    def complete(self, step: str, outcome: Outcome) -> None:
+        started = self.steps.get(step, {}).get("started")
+        self.steps[step] = {"status": "complete", "started": started, **outcome.model_dump(mode="json")}
+        self.save()
+
+    def outcome(self, step: str, kind: type[T]) -> T | None:
+        """What a complete step recorded, read as `kind`; None while it is not complete."""
+        if self.status(step) != "complete":
+            return None
+        return kind.model_validate(self.steps[step])
+
+    def update(self, **fields: Any) -> None:
+        self.data.update(fields)
+        self.save()
+
+    def save(self) -> None:
+        if is_main():
+            write_json_atomic(self.layout.run_file, self.data)
+
+
+def _refuse_other_contents(layout: RunLayout, resolved: dict[str, Any], fresh: bool) -> None:
+    """A directory that is neither empty, nor new, nor a run of this recipe is never written into."""
+    file = layout.run_file
+    if layout.root.exists() and not file.exists() and any(layout.root.iterdir()):
+        raise UserError(f"--output {layout.root}: the directory is not empty and holds no {file.name}; "
+                        "choose an empty or new directory")
+    if file.exists() and not fresh:
+        trained = _training_part(_read(file).get("recipe") or {})
+        if trained != _training_part(resolved):
+            keys = ", ".join(_differences(trained, _training_part(resolved))) or "its layout"
+            raise UserError(f"{file}: this run directory holds a run of another recipe (differs in "
+                            f"{keys}); rerun with --fresh to start over, or choose another --output")
+
+
+def is_run(folder: Path) -> bool:
+    return RunLayout(folder).run_file.is_file()
+
+
+def recorded_recipe(layout: RunLayout, overrides: list[str] | None = None) -> Recipe:
+    """The recipe a run directory was trained with, with `dotted.key=value` overrides."""
+    file = layout.run_file
+    raw = _read(file).get("recipe")
+    if not isinstance(raw, dict):
+        raise UserError(f"{file}: holds no recipe; rerun with --fresh to start over")
+    for item in overrides or []:
+        apply_override(raw, item)
+    return validate_recipe(raw, source=str(file))
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_commit() -> str | None:
+    """The commit of the package's checkout, when it is installed from one."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _read(file: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise UserError(f"{file}: unreadable ({first_line(err)}); rerun with --fresh to start over") from None
+    if not isinstance(data, dict) or not isinstance(data.get("steps"), dict):
+        raise UserError(f"{file}: not a run record; rerun with --fresh to start over")
+    return data
+
+
+def _training_part(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The recipe without the sections that do not change what is trained."""
+    return {key: value for key, value in recipe.items() if key not in EVAL_ONLY_SECTIONS}
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for key in sorted(set(old) | set(new))
+                for d in _differences(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -1,0 +1,72 @@
+"""Trainer callbacks: held-out loss per segment at every logging step, and a progress bar.
+
+The per-segment losses are measured on the same held-out examples in every stage and
+strategy, so the curves compare (the paper's Figure 3): thinking and key loss are both
+recorded whatever the stage trains on.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from ..rundir.layout import KEY_LOSS, THINKING_LOSS
+from .loss import segment_losses
+
+
+class SegmentLossProbe(TrainerCallback):
+    def __init__(self, batches: list[dict[str, torch.Tensor]]) -> None:
+        self.batches = batches
+
+    def measure(self, model: Any) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        losses = segment_losses(model, self.batches)
+        model.train(was_training)
+        return {THINKING_LOSS: round(losses["thinking"], 5), KEY_LOSS: round(losses["key"], 5)}
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 0 and not any(KEY_LOSS in entry for entry in state.log_history):
+            state.log_history.append({"step": 0, **self.measure(model)})
+
+    def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+        # The Trainer has just appended these logs to the history; add the probe to that entry.
+        if logs and "loss" in logs and state.log_history:
+            state.log_history[-1].update(self.measure(model))
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        last = [entry for entry in state.log_history if KEY_LOSS in entry]
+        if not last or last[-1]["step"] != state.global_step:
+            state.log_history.append({"step": state.global_step, **self.measure(model)})
+
+
+class StageProgress(TrainerCallback):
+    """One bar per stage with the step, ETA, training loss and held-out key loss."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        self.bar: Any = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from tqdm.auto import tqdm
+
+        if state.is_local_process_zero:
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=self.stage,
+                            unit="step", file=sys.stderr, dynamic_ncols=True)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.bar is not None and logs and "loss" in logs:
+            entry = state.log_history[-1]  # the probe, listed before this callback, has filled it
+            self.bar.set_postfix(loss=f"{logs['loss']:.3f}", key=f"{entry.get(KEY_LOSS, float('nan')):.3f}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -1,0 +1,116 @@
+"""Resolve `model.name_or_path`; load the tokenizer and the model through `from_pretrained`.
+
+The built-in model, a hub id and a local directory all go through the same code path;
+only `builtin:NAME` is first mapped to the directory shipped inside the package.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError, first_line
+from ..recipe import ModelConfig
+from ..tags import ALL_TAGS
+from .hardware import ResolvedPrecision, torch_dtype
+from .plan import TokenizerPlan
+
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_DIR = Path(__file__).parents[1] / "builtin"
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    if not name_or_path.startswith(BUILTIN_PREFIX):
+        return name_or_path
+    name = name_or_path.removeprefix(BUILTIN_PREFIX)
+    folder = BUILTIN_DIR / name
+    if not (folder / "config.json").is_file():
+        known = sorted(p.name for p in BUILTIN_DIR.iterdir() if p.is_dir()) if BUILTIN_DIR.is_dir() else []
+        raise UserError(f"model.name_or_path: no built-in model {name!r} (built in: {known})")
+    return str(folder)
+
+
+def run_tokenizer(plan: TokenizerPlan) -> tuple[Any, list[int]]:
+    """The run's tokenizer and the ids of the tags added to it as tokens (none unless planned)."""
+    tokenizer = load_tokenizer(plan.model)
+    return tokenizer, add_tag_tokens(tokenizer) if plan.add_tags else []
+
+
+def load_tokenizer(cfg: ModelConfig) -> Any:
+    """A fast tokenizer (offsets are needed for masks), as saved with the model."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(cfg.name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        raise UserError(_missing_model_message(cfg.name_or_path, err)) from None
+    if not tokenizer.is_fast:
+        raise UserError(f"model.name_or_path: {cfg.name_or_path} has only a slow tokenizer; a fast "
+                        "one (tokenizer.json) is needed to map characters to tokens")
+    return tokenizer
+
+
+def add_tag_tokens(tokenizer: Any) -> list[int]:
+    """Register the four tags as added tokens that are never *special*: special tokens are
+    dropped at decode time (`skip_special_tokens=True` in lm-eval) and fmt would read 0."""
+    from tokenizers import AddedToken
+
+    tokenizer.add_tokens([AddedToken(tag, normalized=False, special=False) for tag in ALL_TAGS])
+    return tokenizer.convert_tokens_to_ids(list(ALL_TAGS))
+
+
+def load_model(cfg: ModelConfig, precision: ResolvedPrecision, *, vocab_size: int):
+    """The model to train or compare: in 4-bit NF4 when `model.quantization` says so
+    (QLoRA), else in the compute dtype; on the GPU when there is one."""
+    import torch
+
+    dtype = torch_dtype(precision)
+    kwargs = {}
+    if cfg.quantization == "nf4":
+        kwargs["quantization_config"] = nf4_config(cfg, dtype)
+    if torch.cuda.is_available():
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    return pretrained_model(cfg, vocab_size, dtype=dtype, **kwargs)
+
+
+def pretrained_model(cfg: ModelConfig, vocab_size: int, **kwargs: Any):
+    """`from_pretrained` of `cfg` (a missing model is a user error), with the embedding grown
+    to `vocab_size` rows when tags were added as tokens."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            resolve_model_path(cfg.name_or_path), revision=cfg.revision,
+            trust_remote_code=cfg.trust_remote_code, **kwargs,
+        )
+    except (OSError, ValueError) as err:
+        raise UserError(_missing_model_message(cfg.name_or_path, err)) from None
+    if model.get_input_embeddings().num_embeddings < vocab_size:
+        model.resize_token_embeddings(vocab_size)
+    return model
+
+
+def nf4_config(cfg: ModelConfig, compute_dtype):
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=cfg.double_quant,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+
+
+def _missing_model_message(name: str, err: Exception) -> str:
+    if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().exists():
+        return f"model.name_or_path: {name} does not exist (give a model directory or a hub id)"
+    if Path(name).exists():
+        return f"model.name_or_path: {name} is not a model directory ({first_line(err)})"
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    why = "the hub is offline (HF_HUB_OFFLINE=1)" if offline else "it could not be fetched"
+    return (f"model.name_or_path: cannot load {name!r}: it is not a local directory and {why}, "
+            "so its weights cannot be fetched. Download it where there is network "
+            "(`hf download ORG/NAME --local-dir DIR`) and set model.name_or_path: DIR")
+

@@ -1,0 +1,108 @@
+"""Merge the stage-1 adapter into 16-bit weights, choosing the base by measured KL.
+
+Merging into 4-bit weights would re-quantize them, and the error adds up. Instead the
+adapter is merged into 16-bit weights, of which there are two candidates:
+  - `original`: the checkpoint's own weights;
+  - `nf4`: the NF4 round trip of them, the weights the adapter actually saw in training.
+Each merge is saved, re-loaded in 4-bit as stage 2 will load it, and compared with the
+stage-1 model (4-bit base + adapter) by the mean per-token KL on held-out responses.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..prep.masks import IGNORE
+from ..recipe import ModelConfig
+from ..rundir.files import replace_dir
+from ..rundir.layout import temporary
+from ..rundir.outcomes import MergeOutcome
+from .hardware import ResolvedPrecision
+from .loading import load_model, pretrained_model
+from .plan import MergeStep
+
+CANDIDATES = ("original", "nf4")
+
+
+def merge_stage1(step: MergeStep, tokenizer: Any, holdout: list[dict[str, torch.Tensor]]) -> MergeOutcome:
+    """Write the step's output (HF model + tokenizer); report the KL of every candidate."""
+    from peft import PeftModel
+
+    started = time.perf_counter()
+    model_cfg, precision, vocab = step.model, step.precision, len(tokenizer)
+    reference = load_model(model_cfg, precision, vocab_size=vocab)
+    reference = PeftModel.from_pretrained(reference, str(step.adapter)).eval()
+    # Without quantization the adapter saw the original weights: there is nothing to compare.
+    candidates = CANDIDATES if model_cfg.quantization == "nf4" else ("original",)
+    kl: dict[str, float] = {}
+    written: dict[str, Path] = {}
+    for name in candidates:
+        tmp = temporary(step.output, name)
+        merged_16bit(model_cfg, step.adapter, name, vocab, precision).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        written[name] = tmp
+        requantized = load_model(model_cfg.model_copy(update={"name_or_path": str(tmp), "revision": None}),
+                                 precision, vocab_size=vocab).eval()
+        kl[name] = mean_kl(reference, requantized, holdout)
+        del requantized
+    chosen = min(kl, key=kl.__getitem__) if step.choice == "auto" else step.choice
+    replace_dir(written.pop(chosen), step.output)
+    for tmp in written.values():
+        shutil.rmtree(tmp)
+    return MergeOutcome(seconds=round(time.perf_counter() - started, 1),
+                        kl={name: float(f"{value:.4g}") for name, value in kl.items()}, base=chosen,
+                        chosen_by="lowest KL" if step.choice == "auto" else "recipe merge.base")
+
+
+def merged_16bit(model_cfg: ModelConfig, adapter_dir: Path, base: str, vocab_size: int,
+                 precision: ResolvedPrecision) -> Any:
+    """The stage-1 adapter merged into 16-bit weights (the checkpoint's own dtype), on the CPU."""
+    from peft import PeftModel
+
+    model = pretrained_model(model_cfg, vocab_size, dtype="auto")
+    if base == "nf4":
+        _round_trip_nf4(model, model_cfg, precision)
+    return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+
+
+@torch.no_grad()
+def _round_trip_nf4(model: Any, model_cfg: ModelConfig, precision: ResolvedPrecision) -> None:
+    """Replace every weight that 4-bit loading quantizes by its NF4 round trip, quantized
+    from the same dtype as in training so the values are exactly those the adapter saw."""
+    import bitsandbytes as bnb
+
+    quantized = load_model(model_cfg, precision, vocab_size=0)  # model.quantization is nf4 here
+    for name, module in quantized.named_modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            weight = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state)
+            target = model.get_submodule(name).weight
+            target.copy_(weight.to(device=target.device, dtype=target.dtype))
+    del quantized
+
+
+@torch.no_grad()
+def mean_kl(reference: Any, other: Any, batches: Iterable[dict[str, torch.Tensor]]) -> float:
+    """Mean over response tokens of KL(reference ‖ other) of the next-token distributions."""
+    total, count = 0.0, 0
+    for batch in batches:
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        p = _log_probs(reference, inputs)  # [b, t-1, vocab]
+        q = _log_probs(other, inputs).to(p.device)
+        keep = (batch["labels"][:, 1:] != IGNORE).to(p.device)
+        kl = F.kl_div(q, p, log_target=True, reduction="none").sum(-1)  # [b, t-1]
+        total += float(kl[keep].sum())
+        count += int(keep.sum())
+    return total / max(count, 1)
+
+
+def _log_probs(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    device = next(model.parameters()).device
+    logits = model(**{k: v.to(device) for k, v in inputs.items()}).logits[:, :-1]
+    return F.log_softmax(logits.float(), dim=-1)

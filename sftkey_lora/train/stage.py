@@ -1,0 +1,150 @@
+"""Train one stage: a fresh LoRA adapter on its base, the stage's labels, the Trainer's loop.
+
+The Trainer is configured, not subclassed: the loss (`compute_loss_func`) and the
+collator are passed in. Checkpoints are `checkpoint-N/` folders in the run directory; a
+stage that finds some resumes from the last one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from ..prep.collate import Collator, batches, pad_id
+from ..prep.masks import Encoded
+from ..rundir.files import last_whole_checkpoint, replace_dir
+from ..rundir.layout import KEY_LOSS, THINKING_LOSS, RunLayout, temporary
+from ..rundir.outcomes import Change, StageOutcome
+from ..strategies import LabelKind
+from .callbacks import SegmentLossProbe, StageProgress
+from .distributed import is_main, sharded, wait_for_everyone
+from .guards import LossGuard, disk_full_stops
+from .hardware import peak_memory, reset_peak_memory
+from .loading import load_model
+from .lora import attach_lora
+from .loss import LabelledLogitsLoss, causal_lm_loss, projects_like_the_model
+from .plan import StageStep
+
+
+@dataclass(frozen=True)
+class StageInputs:
+    tokenizer: Any
+    train: list[Encoded]
+    holdout: list[Encoded]
+    tag_token_ids: list[int]  # tags added to the vocabulary as tokens (empty: none)
+
+
+def train_stage(step: StageStep, inputs: StageInputs, layout: RunLayout) -> StageOutcome:
+    """Train, save the adapter (or whole model) to the step's output atomically, and report."""
+    from transformers import TrainerState, set_seed
+
+    # Seeded before the model exists: new embedding rows and the adapter's initial weights
+    # are drawn at creation, before the Trainer would seed anything.
+    set_seed(step.config.training.seed)
+    reset_peak_memory()
+    started = time.perf_counter()
+    tokenizer = inputs.tokenizer
+    model = _stage_model(step, inputs, vocab_size=len(tokenizer))
+    probe_collate = Collator(pad_id(tokenizer), step.labels, with_segments=True)
+    probe = SegmentLossProbe(list(batches(inputs.holdout, step.config.training.batch_size, probe_collate)))
+    loss = _loss_kind(step, model, probe.batches[0])
+    trainer = stage_trainer(model, step.training_args, inputs.train, tokenizer, step.labels,
+                            loss=loss, packed=step.config.training.packing,
+                            callbacks=[probe, StageProgress(step.name)], guard=LossGuard(step.name, layout))
+    resume = last_whole_checkpoint(layout)
+    before = TrainerState.load_from_json(f"{resume}/trainer_state.json") if resume else TrainerState()
+    with disk_full_stops(step.name, layout):
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        _save(trainer, tokenizer, step.output, step.full)
+    tokens = trainer.state.num_input_tokens_seen - before.num_input_tokens_seen
+    train_seconds = result.metrics["train_runtime"]
+    history = trainer.state.log_history
+    probes = [entry for entry in history if KEY_LOSS in entry]
+    return StageOutcome(
+        labels=step.labels, logits=LOGITS[loss], steps=trainer.state.global_step,
+        resumed_from=resume.name if resume else None,
+        seconds=round(time.perf_counter() - started, 1), train_seconds=round(train_seconds, 1),
+        tokens=int(tokens), tokens_per_second=round(tokens / train_seconds, 1), **peak_memory(),
+        train_loss=round(result.training_loss, 5),
+        heldout_key_loss=Change(before=probes[0][KEY_LOSS], after=probes[-1][KEY_LOSS]),
+        heldout_thinking_loss=Change(before=probes[0][THINKING_LOSS], after=probes[-1][THINKING_LOSS]),
+        log_history=history,
+    )
+
+
+LossKind = Literal["labelled", "full", "model"]
+LOGITS: dict[LossKind, str] = {"labelled": "labelled positions", "full": "every position",
+                               "model": "the backend's own loss"}
+
+
+def _stage_model(step: StageStep, inputs: StageInputs, vocab_size: int) -> Any:
+    """The model a stage trains: the base with a fresh adapter (from unsloth when the recipe's
+    backend is unsloth), or in full mode the whole model."""
+    training = step.config.training
+    if step.base.backend == "unsloth":
+        from .unsloth import unsloth_lora_model
+
+        longest = max(len(row.input_ids) for row in inputs.train)
+        return unsloth_lora_model(step.base, step.config.lora, step.precision, vocab_size=vocab_size,
+                                  max_length=longest, seed=training.seed,
+                                  gradient_checkpointing=training.gradient_checkpointing)
+    model = load_model(step.base, step.precision, vocab_size=vocab_size)
+    if step.full:
+        return model
+    return attach_lora(model, step.config.lora, new_token_ids=inputs.tag_token_ids if step.tag_rows else [],
+                       gradient_checkpointing=training.gradient_checkpointing)
+
+
+def _loss_kind(step: StageStep, model: Any, batch: dict[str, Any]) -> LossKind:
+    """Logits only where labels are, unless unsloth computes the loss with its own kernels,
+    this architecture changes logits after its head, or the head's weights are sharded (whole
+    only inside the model's forward)."""
+    if step.base.backend == "unsloth":
+        return "model"
+    if sharded() or not projects_like_the_model(model, batch, model.get_output_embeddings()):
+        return "full"
+    return "labelled"
+
+
+def stage_trainer(model: Any, training_args: dict[str, Any], train: list[Encoded], tokenizer: Any,
+                  labels: LabelKind, *, loss: LossKind, packed: bool = False,
+                  callbacks: Sequence[Any] = (), guard: LossGuard | None = None) -> Any:
+    """The transformers Trainer of a stage, configured rather than subclassed: our collator
+    (the stage's labels) and the loss: ours over labelled positions only, ours over full
+    logits, or the model's own (given the labels); `guard` stops at a NaN or inf loss."""
+    from transformers import PrinterCallback, Trainer, TrainingArguments
+
+    loss_func = {"labelled": LabelledLogitsLoss(model.get_output_embeddings()),
+                 "full": causal_lm_loss, "model": None}[loss]
+    if guard is not None:
+        callbacks = [*callbacks, guard]
+        if loss_func is None:
+            guard.watch(model)
+        else:
+            loss_func = guard.wrap(loss_func)
+    trainer = Trainer(
+        model=model, args=TrainingArguments(**training_args), train_dataset=train,
+        data_collator=Collator(pad_id(tokenizer), labels, hidden_only=loss == "labelled", packed=packed),
+        processing_class=tokenizer, callbacks=list(callbacks), compute_loss_func=loss_func,
+    )
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def _save(trainer: Any, tokenizer: Any, final: Path, full: bool) -> None:
+    """The stage's weights and tokenizer, written under a temporary name, then renamed."""
+    tmp = temporary(final)
+    if full:
+        trainer.save_model(str(tmp))  # every process takes part (sharded weights); the main one writes
+    elif is_main():
+        # Added tag rows are saved as the adapter's trainable tokens; the whole resized
+        # embedding (a GB for a 7B model) would only repeat them.
+        trainer.model.save_pretrained(tmp, save_embedding_layers=False)
+    if is_main():
+        tokenizer.save_pretrained(tmp)
+        replace_dir(tmp, final)
+    wait_for_everyone()
+

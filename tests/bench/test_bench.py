@@ -1,0 +1,82 @@
+"""`sftkey-lora bench`: every contender trains the same model on the same labels, each in its own
+process, and the report's ratios are ours over theirs. (Its figures are measured by running it;
+nothing here times anything.)"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from sftkey_lora.bench.contest import check_trl_runs_here, ratios
+from sftkey_lora.cli import main
+from sftkey_lora.errors import UserError
+
+SMALL = ["--vocab-size", "3000", "--hidden-size", "64", "--layers", "1", "--heads", "4", "--kv-heads", "2",
+         "--intermediate-size", "128", "--seq-len", "64", "--prompt-tokens", "8", "--key-tokens", "6",
+         "--steps", "2", "--warmup-steps", "1", "--quantization", "none"]
+
+
+def test_every_contender_trains_the_same_model_on_the_same_labels() -> None:
+    done = subprocess.run([sys.executable, "-m", "sftkey_lora", "bench", "--json", *SMALL],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(report) == {"stage1", "stage2"}
+    for stage in ("stage1", "stage2"):
+        figures = report[stage]["contenders"]
+        assert set(figures) == {"sftkey", "trl", "plain"}
+        for result in figures.values():
+            assert len(result["losses"]) == 3  # one warm-up step and two timed ones
+            assert result["step_time_s"] > 0 and result["peak_mem_mb"] > 0
+        # The same weights, batches and labels: TRL's completion mask and the plain Trainer's
+        # labels select the tokens ours does, so each step's loss is the same.
+        assert report[stage]["losses_agree"]
+        for other in ("trl", "plain"):
+            assert figures[other]["losses"] == pytest.approx(figures["sftkey"]["losses"], rel=1e-4)
+        ours, trl, plain = figures["sftkey"], figures["trl"], figures["plain"]
+        step_ratio = ours["step_time_s"] / trl["step_time_s"]
+        assert report[stage]["step_time_ratio"] == pytest.approx(step_ratio, abs=1e-3)
+        memory_ratio = ours["peak_mem_mb"] / plain["peak_mem_mb"]
+        assert report[stage]["plain_peak_mem_ratio"] == pytest.approx(memory_ratio, abs=1e-3)
+    # Stage 1 learns every response token, stage 2 the key only: different losses.
+    first, second = (report[stage]["contenders"]["sftkey"]["losses"] for stage in ("stage1", "stage2"))
+    assert first != second
+    table = done.stdout.splitlines()
+    assert any(line.startswith("| stage2 | trl |") for line in table)
+    assert any("every position" in line for line in table)  # how TRL scores on a CPU is said
+
+
+def measured(step: float, memory: float, loss: float) -> dict:
+    return {"step_time_s": step, "tokens_per_s": 100 / step, "peak_mem_mb": memory, "losses": [loss]}
+
+
+def test_ratios_are_ours_over_theirs_and_name_the_baseline() -> None:
+    out = ratios({"sftkey": measured(1.0, 500, 2.0), "trl": measured(4.0, 1000, 2.0),
+                  "plain": measured(2.0, 2000, 2.0)})
+    assert out["step_time_ratio"] == 0.25 and out["peak_mem_ratio"] == 0.5
+    assert out["plain_step_time_ratio"] == 0.5 and out["plain_peak_mem_ratio"] == 0.25
+    assert out["tokens_per_s_ratio"] == 4.0
+    assert out["losses_agree"]
+    assert not ratios({"sftkey": measured(1, 1, 2.0), "trl": measured(1, 1, 2.5)})["losses_agree"]
+
+
+def test_trl_before_1_16_needs_a_gpu() -> None:
+    with pytest.raises(UserError, match="trl>=1.16"):
+        check_trl_runs_here("1.15.0", cuda=False)
+    check_trl_runs_here("1.15.0", cuda=True)
+    check_trl_runs_here("1.16.0", cuda=False)
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["--contenders", "trl"], "--contenders"),
+    (["--contenders", "sftkey,deepspeed"], "--contenders"),
+    (["--seq-len", "20", "--prompt-tokens", "10", "--key-tokens", "10"], "seq_len"),
+    (["--quantization", "int3"], "quantization"),
+    (["--steps", "0"], "steps"),
+])
+def test_bad_bench_options_exit_2_naming_the_option(args, named, capsys) -> None:
+    assert main(["bench", *args]) == 2
+    assert named in capsys.readouterr().err

@@ -1,0 +1,104 @@
+"""Metric functions of the sftkey_* tasks on hand-made outputs."""
+
+from __future__ import annotations
+
+import pytest
+
+from sftkey_lora.evaluation.metrics import answer_part, follows_format, grade, normalize_text
+from sftkey_lora.evaluation.tasks import infer_kind, process_results
+
+WELL_FORMED = "<Thinking>3 + 4 = 7.</Thinking><Answer>7</Answer>"
+
+
+@pytest.mark.parametrize("output, expected", [
+    (WELL_FORMED, True),
+    ("  " + WELL_FORMED + "\n", True),  # surrounding whitespace aside
+    ("<Thinking>3 + 4 = 7.</Thinking><Answer>7", False),  # missing closing tag
+    ("<Thinking>3 + 4 = 7.<Answer>7</Answer>", False),  # missing </Thinking>
+    (WELL_FORMED + " So 7.", False),  # text after </Answer>
+    ("Sure! " + WELL_FORMED, False),  # text before <Thinking>
+    ("<Thinking>a<Thinking>b</Thinking></Thinking><Answer>7</Answer>", False),  # nested
+    ("<Thinking>a</Thinking><Thinking>b</Thinking><Answer>7</Answer>", False),  # repeated thinking
+    (WELL_FORMED + "<Answer>8</Answer>", False),  # repeated answer
+    ("<Thinking>a</Thinking> <Answer>7</Answer>", False),  # the paper's tags touch
+    ("<Thinking></Thinking><Answer>7</Answer>", False),  # empty thinking
+    ("<Thinking>a</Thinking><Answer> </Answer>", False),  # empty answer
+    ("<Answer>7</Answer><Thinking>a</Thinking>", False),  # wrong order
+    ("7", False),
+])
+def test_format(output: str, expected: bool) -> None:
+    assert follows_format(output) is expected
+
+
+@pytest.mark.parametrize("output, reference, correct", [
+    (WELL_FORMED, "7", True),
+    ("<Thinking>x</Thinking><Answer>1,000</Answer>", "1000", True),
+    ("<Thinking>x</Thinking><Answer>1000</Answer>", "1,000", True),
+    ("<Thinking>x</Thinking><Answer>\\frac{1}{2}</Answer>", "0.5", True),
+    ("<Thinking>x</Thinking><Answer>0.5</Answer>", "\\frac{1}{2}", True),
+    ("<Thinking>x</Thinking><Answer>$\\frac{2}{4}$</Answer>", "\\frac{1}{2}", True),
+    ("<Thinking>x</Thinking><Answer>72 clips</Answer>", "72", True),
+    ("<Thinking>x</Thinking><Answer>0.51</Answer>", "0.5", False),
+    ("<Thinking>x</Thinking><Answer>8</Answer>", "7", False),
+    ("<Thinking>x</Thinking><Answer></Answer>", "7", False),
+    # Broken format, right answer: still accurate (as with the paper's judge).
+    ("<Thinking>3 + 4 = 7.</Thinking><Answer>7", "7", True),
+    ("<Thinking>3 + 4 = 7.</Thinking><Answer>7</Answer> and then 9", "7", True),
+    ("<Thinking>1 + 1 = 2, then 3 + 4 = 7.</Thinking> 7", "7", True),
+    ("He has 3, then 3 + 4 = 7 coins.", "7", True),  # no tags at all: the last number
+    ("He has 7 coins, then gives 1 away: 6.", "7", False),
+    ("<Thinking>x</Thinking> so \\boxed{\\frac{1}{2}} is it", "0.5", True),
+    ("<Thinking>x</Thinking><Answer>7</Answer><Answer>8</Answer>", "8", True),  # the last <Answer> counts
+])
+def test_math_accuracy(output: str, reference: str, correct: bool) -> None:
+    assert grade(output, reference, "math").acc is correct
+
+
+@pytest.mark.parametrize("output, reference, correct", [
+    ("<Thinking>x</Thinking><Answer>B</Answer>", "B", True),
+    ("<Thinking>x</Thinking><Answer>(B)</Answer>", "B", True),
+    ("<Thinking>x</Thinking><Answer>B. flowers wilting</Answer>", "B", True),
+    ("<Thinking>x</Thinking><Answer>The answer is (C).</Answer>", "C", True),
+    ("<Thinking>x</Thinking><Answer>(B)</Answer>", "C", False),
+    ("<Thinking>x</Thinking><Answer>A plant</Answer>", "A", False),  # an article, not an option
+    ("<Thinking>x</Thinking><Answer>E</Answer>", "E", False),  # not one of this question's options
+    ("Flowers need the sun, so (D)", "D", True),  # no tags: the last option letter
+    ("I cannot tell.", "A", False),
+])
+def test_choice_accuracy(output: str, reference: str, correct: bool) -> None:
+    assert grade(output, reference, "choice", ("A", "B", "C", "D")).acc is correct
+
+
+@pytest.mark.parametrize("output, reference, correct", [
+    ("<Thinking>x</Thinking><Answer>Yes.</Answer>", "yes", True),
+    ("<Thinking>x</Thinking><Answer>The  Eiffel Tower</Answer>", "eiffel tower", True),
+    ("<Thinking>x</Thinking><Answer>no</Answer>", "yes", False),
+    ("<Thinking>x</Thinking> positive", "positive", True),
+    ("<Thinking>x</Thinking><Answer>...</Answer>", "!", False),  # nothing left to compare
+])
+def test_text_accuracy(output: str, reference: str, correct: bool) -> None:
+    assert grade(output, reference, "text").acc is correct
+
+
+def test_answer_part_prefers_tags_then_text_after_thinking() -> None:
+    assert answer_part("<Thinking>a</Thinking><Answer> 7 </Answer>") == ("7", True)
+    assert answer_part("<Thinking>a</Thinking> 7") == ("7", False)
+    assert answer_part("just 7") == ("just 7", False)
+    assert normalize_text("  The Answer, is: A cat! ") == "answer is cat"
+
+
+@pytest.mark.parametrize("alpha", [0.7, 0.5, 1.0])
+def test_score_weighs_accuracy_by_alpha(alpha: float) -> None:
+    doc = {"reference": "7", "kind": "math", "labels": [], "alpha": alpha}
+    broken = process_results(doc, ["<Thinking>3 + 4 = 7.</Thinking><Answer>7"])
+    assert broken == {"acc": 1.0, "fmt": 0.0, "score": pytest.approx(alpha)}
+    wrong = process_results(doc, ["<Thinking>x</Thinking><Answer>8</Answer>"])
+    assert wrong == {"acc": 0.0, "fmt": 1.0, "score": pytest.approx(1 - alpha)}
+
+
+@pytest.mark.parametrize("reference, kind", [
+    ("42", "math"), ("-3.5", "math"), ("1,000", "math"), ("\\frac{1}{2}", "math"), ("$x^2$", "math"),
+    ("blue", "text"), ("B", "text"), ("yes", "text"),
+])
+def test_jsonl_answer_kind_is_inferred_from_the_reference(reference: str, kind: str) -> None:
+    assert infer_kind(reference) == kind

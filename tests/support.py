@@ -1,0 +1,43 @@
+"""What several test modules share: paths, and the overrides that make a run small."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sftkey_lora.rundir.outcomes import Change, MergeOutcome, StageOutcome
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
+QUICKSTART_FULL = ROOT / "recipes" / "quickstart-full.yaml"
+
+# A few steps of each stage on short sequences: enough to exercise every step of a run.
+SMALL = [
+    "data.synthetic.n_train=56", "data.holdout=8", "format.system_prompt=", "training.batch_size=8",
+    "training.logging_steps=2", "training.save_steps=2", "stages.stage1.training.max_steps=6",
+    "stages.stage2.training.max_steps=4", "eval.tasks=[]",
+]
+# The shared run also ends with a short evaluation.
+SMALL_EVAL = ["eval.tasks=[sftkey_synthetic]", "eval.limit=4", "eval.max_gen_toks=96"]
+
+
+def as_set_flags(overrides: list[str]) -> list[str]:
+    """Recipe overrides as the CLI's `--set=key=value` arguments."""
+    return [f"--set={item}" for item in overrides]
+
+
+def quiet(_: str) -> None:
+    """A `say` that prints nothing."""
+
+
+# What complete steps record, for tests of what reads run.json.
+MERGED = MergeOutcome(seconds=2.0, kl={"original": 1.1e-3, "nf4": 3.2e-4}, base="nf4", chosen_by="lowest KL")
+
+
+def stage_outcome(key_after: float = 0.5) -> StageOutcome:
+    return StageOutcome(
+        labels="full", logits="labelled positions", steps=6, resumed_from=None, seconds=12.0,
+        train_seconds=10.0, tokens=3000, tokens_per_second=300.0, peak_memory_mb=900.0,
+        memory_kind="process_peak_rss", train_loss=1.5, heldout_key_loss=Change(before=9.0, after=key_after),
+        heldout_thinking_loss=Change(before=8.0, after=2.0),
+        log_history=[{"step": 0, "heldout_key_loss": 9.0}, {"step": 6, "heldout_key_loss": key_after}])
