@@ -18,12 +18,23 @@ def test_every_shipped_recipe_loads(path: Path) -> None:
     assert recipe.strategy in ("sft", "sft_tag", "key_tag", "sftkey_tag")
 
 
-def test_defaults_come_from_one_place() -> None:
-    recipe = Recipe()
-    assert recipe.strategy == "sftkey_tag"
-    assert recipe.model.name_or_path == "builtin:tiny"
-    assert recipe.format.system_prompt == PAPER_SYSTEM_PROMPT
-    assert recipe.format.tags == "text"
+def test_an_empty_recipe_is_the_paper_method_on_the_builtin_model(tmp_path: Path) -> None:
+    recipe = load_recipe(write(tmp_path, ""))
+    assert recipe.model_dump(exclude={"name"}) == Recipe().model_dump(exclude={"name"})
+    assert (recipe.strategy, recipe.model.name_or_path, recipe.name) == ("sftkey_tag", "builtin:tiny", "r")
+    assert recipe.format.system_prompt == PAPER_SYSTEM_PROMPT and recipe.format.tags == "text"
+
+
+def test_a_stage_section_holds_no_defaults_of_its_own(tmp_path: Path) -> None:
+    """An empty `stages.stage2` is the top level's settings: a stage default written apart
+    from the top-level one would silently differ from it."""
+    recipe = load_recipe(write(tmp_path, "lora: {r: 4}\ntraining: {learning_rate: 0.5}\n"
+                                         "stages: {stage2: {}}\n"))
+    assert recipe.stage("stage2") == recipe.stage("stage1")
+    assert (recipe.stage("stage2").lora.r, recipe.stage("stage2").training.learning_rate) == (4, 0.5)
+    over = load_recipe(write(tmp_path, "training: {learning_rate: 0.5}\n"
+                                       "stages: {stage2: {training: {epochs: 3}}}\n"))
+    assert over.stage("stage2").training.model_dump() == {**over.training.model_dump(), "epochs": 3}
 
 
 def write(tmp_path: Path, text: str) -> Path:

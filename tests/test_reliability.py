@@ -24,6 +24,7 @@ def stage1_status(run_dir: Path) -> str:
     return json.loads((run_dir / "run.json").read_text())["steps"]["stage1"]["status"]
 
 
+@pytest.mark.slow
 def test_a_nan_loss_stops_the_stage_naming_stage_and_step(cli, tmp_path, monkeypatch) -> None:
     from sftkey_lora.train.loss import LabelledLogitsLoss
 
@@ -54,6 +55,7 @@ def test_a_nan_loss_stops_the_stage_naming_stage_and_step(cli, tmp_path, monkeyp
     assert record["steps"]["stage2"]["status"] == "complete"
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_saving_a_checkpoint_keeps_the_one_before(cli, tmp_path, monkeypatch) -> None:
     import peft.peft_model
     from safetensors import SafetensorError
@@ -86,6 +88,7 @@ def test_a_full_disk_while_saving_a_checkpoint_keeps_the_one_before(cli, tmp_pat
     assert record["steps"]["stage1"]["resumed_from"] == "checkpoint-2"
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_saving_an_artifact_leaves_nothing_half_written(cli, tmp_path, monkeypatch) -> None:
     """The stage's own adapter is written under a temporary name: cut short, it is removed,
     and no `stage1/` appears."""

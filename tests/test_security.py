@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sftkey_lora.recipe import Recipe
+from sftkey_lora.errors import UserError
 from tests.support import ROOT
 
 FORBIDDEN = ("eval", "exec", "pickle.load", "pickle.loads", "yaml.load", "yaml.unsafe_load", "os.system")
@@ -43,15 +43,33 @@ def test_no_unsafe_loading_or_execution(path: Path) -> None:
         assert not (isinstance(serialization, ast.Constant) and serialization.value is False), where
 
 
-def test_remote_code_is_trusted_only_when_the_recipe_says_so() -> None:
-    assert Recipe().model.trust_remote_code is False
+@pytest.mark.parametrize("recipe_says", [None, False, True])
+def test_remote_code_is_trusted_only_when_the_recipe_says_so(recipe_says, monkeypatch) -> None:
+    """What reaches `from_pretrained` of the tokenizer and of the model is the recipe's choice,
+    false when the recipe says nothing."""
+    import transformers
+
+    from sftkey_lora.recipe import validate_recipe
+    from sftkey_lora.train.loading import load_tokenizer, pretrained_model
+
+    asked: list[bool] = []
+
+    def from_pretrained(*args, trust_remote_code=None, **kwargs):
+        asked.append(trust_remote_code)
+        raise OSError("stop here")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", from_pretrained)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", from_pretrained)
+    model = {} if recipe_says is None else {"trust_remote_code": recipe_says}
+    cfg = validate_recipe({"model": {**model, "name_or_path": "org/model"}}).model
+    for load in (load_tokenizer, lambda c: pretrained_model(c, vocab_size=0)):
+        with pytest.raises(UserError):
+            load(cfg)
+    assert asked == [bool(recipe_says)] * 2
 
 
-def test_a_run_writes_weights_as_safetensors_only(tmp_path) -> None:
-    from sftkey_lora.recipe import load_recipe
-    from sftkey_lora.run import run_recipe
-    from tests.support import QUICKSTART, SMALL
-
-    run = run_recipe(load_recipe(QUICKSTART, SMALL), tmp_path / "run", say=lambda _: None).run_dir
+@pytest.mark.slow
+def test_a_run_writes_weights_as_safetensors_only(small_run) -> None:
+    run = small_run[1].run_dir
     weights = [p for p in run.rglob("*") if p.suffix in (".safetensors", ".bin", ".pt", ".pth", ".ckpt")]
     assert weights and all(p.suffix == ".safetensors" for p in weights), weights

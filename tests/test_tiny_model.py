@@ -31,6 +31,7 @@ def test_loads_as_llama_with_a_byte_level_bpe_tokenizer(tiny_model) -> None:
     assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
 
 
+@pytest.mark.slow
 def test_pretraining_gave_real_competence(tiny_model) -> None:
     """Untagged held-out problems: the shipped model solves many, a fresh one none."""
     from transformers import AutoModelForCausalLM
@@ -42,6 +43,7 @@ def test_pretraining_gave_real_competence(tiny_model) -> None:
     assert untagged_accuracy(fresh, tokenizer, n=5, seed=0) == 0.0
 
 
+@pytest.mark.slow
 def test_build_is_deterministic_and_reproduces_the_shipped_tokenizer(tmp_path: Path) -> None:
     first, second = tmp_path / "a", tmp_path / "b"
     for out in (first, second):

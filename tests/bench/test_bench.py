@@ -19,6 +19,7 @@ SMALL = ["--vocab-size", "3000", "--hidden-size", "64", "--layers", "1", "--head
          "--steps", "2", "--warmup-steps", "1", "--quantization", "none"]
 
 
+@pytest.mark.slow
 def test_every_contender_trains_the_same_model_on_the_same_labels() -> None:
     done = subprocess.run([sys.executable, "-m", "sftkey_lora", "bench", "--json", *SMALL],
                           capture_output=True, text=True, timeout=600)

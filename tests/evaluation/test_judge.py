@@ -92,6 +92,7 @@ def test_requests_to_an_endpoint_that_is_down_are_counted() -> None:
     assert verdicts == [None] * 3 and tally["error"] == 3
 
 
+@pytest.mark.slow
 def test_a_judge_that_is_down_stops_evaluation_before_it_starts(judge_url, cli, tmp_path) -> None:
     from sftkey_lora.errors import UserError
     from sftkey_lora.evaluation.judge import check_reachable
@@ -148,6 +149,7 @@ def test_groups_average_their_tasks_equally() -> None:
                                  "tasks": ["sftkey_a", "sftkey_b"]}}
 
 
+@pytest.mark.slow
 def test_the_api_key_is_never_written(judge_url, cli, tmp_path, monkeypatch) -> None:
     """Evaluation with a judge: the key, read from the environment, is in no file written and in
     nothing printed."""

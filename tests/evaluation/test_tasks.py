@@ -28,6 +28,7 @@ LOCAL_FILES = {
 }
 
 
+@pytest.mark.slow
 def test_every_task_and_the_group_is_found_by_lm_eval() -> None:
     assert set(LOCAL_FILES) == set(TASKS)
     manager = task_manager({})
@@ -36,6 +37,7 @@ def test_every_task_and_the_group_is_found_by_lm_eval() -> None:
     assert yaml_tasks == set(TASKS)  # no YAML that lm-eval would skip without a word
 
 
+@pytest.mark.slow
 def test_lm_eval_validate_accepts_every_task() -> None:
     tasks = ",".join([*TASKS, "sftkey"])
     done = subprocess.run([sys.executable, "-m", "lm_eval", "validate", "--tasks", tasks,
@@ -57,6 +59,7 @@ def tiny_lm():
     return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_every_task_runs_on_a_three_row_file(task: str, tiny_lm) -> None:
     from lm_eval import simple_evaluate
@@ -139,6 +142,7 @@ def test_a_hub_task_offline_says_how_to_give_a_local_file() -> None:
     assert "sftkey_gsm8k" in message and "openai/gsm8k" in message and "eval.path" in message
 
 
+@pytest.mark.slow
 def test_a_wheel_carries_the_tasks(tmp_path) -> None:
     """Installed from a wheel, the tasks land in <prefix>/share/sftkey-lora/eval_tasks, the
     second place `tasks_dir` looks."""

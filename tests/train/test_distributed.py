@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from sftkey_lora.recipe import load_recipe
 from sftkey_lora.run import run_recipe
 from tests.support import ROOT
@@ -24,6 +26,7 @@ def heldout_key_losses(run: dict, stage: str) -> list[float]:
     return [entry["heldout_key_loss"] for entry in history if "heldout_key_loss" in entry]
 
 
+@pytest.mark.slow
 def test_two_processes_follow_the_single_process_loss_curve(tmp_path) -> None:
     single = run_recipe(load_recipe(FULL, SHORT + ["training.batch_size=8"]), tmp_path / "one",
                         say=lambda _: None).data

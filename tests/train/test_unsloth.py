@@ -45,6 +45,7 @@ def test_what_unsloth_cannot_train_is_refused(override: str, named: str, capsys)
     assert named in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_default_backend_never_imports_unsloth(tmp_path: Path) -> None:
     """A stand-in `unsloth` on the path would announce any import of it."""
     (tmp_path / "unsloth.py").write_text("raise SystemExit('unsloth was imported')\n")

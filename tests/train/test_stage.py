@@ -1,0 +1,60 @@
+"""One stage, as its plan step says: the adapter it saves, the tag rows it trains, the
+outcome it reports, and a resume from its last whole checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from sftkey_lora.prep.masks import encode_examples
+from sftkey_lora.recipe import load_recipe
+from sftkey_lora.run import split_holdout
+from sftkey_lora.rundir.layout import RunLayout
+from sftkey_lora.train.loading import run_tokenizer
+from sftkey_lora.train.plan import plan_run
+from sftkey_lora.train.stage import StageInputs, train_stage
+from tests.support import QUICKSTART, SMALL
+
+ONE_STAGE = SMALL + ["strategy=sft_tag", "data.synthetic.n_train=24", "stages.stage1.training.max_steps=2"]
+
+
+def prepared(tmp_path, *overrides: str):
+    """The first stage step of a small sft_tag run, and what it trains on."""
+    from sftkey_lora.data import load_examples
+
+    recipe = load_recipe(QUICKSTART, [*ONE_STAGE, *overrides])
+    plan = plan_run(recipe, RunLayout(tmp_path))
+    tokenizer, tag_ids = run_tokenizer(plan.tokenizer)
+    examples, report = load_examples(recipe.data)
+    rows = encode_examples(examples, tokenizer, recipe.format, plan.tagged, report)
+    train, holdout = split_holdout(rows, recipe.data.holdout, plan.holdout_seed)
+    return plan, StageInputs(tokenizer, train, holdout, tag_ids)
+
+
+@pytest.mark.parametrize("tag_rows", [True, False])
+def test_the_step_says_whether_tag_rows_train(tmp_path, tag_rows: bool) -> None:
+    from safetensors.torch import load_file
+
+    plan, inputs = prepared(tmp_path)
+    assert plan.stages[0].tag_rows  # the quickstart adds the tags as tokens
+    step = dataclasses.replace(plan.stages[0], tag_rows=tag_rows)
+    outcome = train_stage(step, inputs, plan.layout)
+    saved = load_file(step.output / "adapter_model.safetensors")
+    assert any("trainable_tokens" in name for name in saved) is tag_rows
+    assert (step.output / "tokenizer.json").is_file()
+    assert (outcome.labels, outcome.steps, outcome.resumed_from) == ("full", 2, None)
+    assert outcome.logits == "labelled positions" and outcome.tokens > 0
+    assert [entry["step"] for entry in outcome.log_history if "heldout_key_loss" in entry] == [0, 2]
+
+
+def test_a_stage_resumes_from_its_last_whole_checkpoint(tmp_path) -> None:
+    plan, inputs = prepared(tmp_path, "stages.stage1.training.max_steps=4")
+    first = train_stage(plan.stages[0], inputs, plan.layout)
+    assert [path.name for path in plan.layout.checkpoints()] == ["checkpoint-2", "checkpoint-4"]
+    longer, _ = prepared(tmp_path, "stages.stage1.training.max_steps=6")
+    again = train_stage(longer.stages[0], inputs, longer.layout)
+    assert again.resumed_from == "checkpoint-4" and again.steps == 6
+    logged = [entry for entry in first.log_history if "loss" in entry]  # steps 2 and 4, probes included
+    assert [entry["step"] for entry in logged] == [2, 4]
+    assert again.log_history[: len(logged) + 1] == first.log_history[: len(logged) + 1]  # kept as it was
