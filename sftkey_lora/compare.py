@@ -48,7 +48,7 @@ def compare(recipe: Recipe, out_dir: Path, fresh: bool = False,
     plot_metric_bars(results, layout.bars_plot)
     plot_key_loss_curves({name: key_loss_history(record) for name, record in records.items()},
                          layout.key_loss_plot)
-    report = comparison_markdown(recipe, results, records, seconds)
+    report = comparison_markdown(recipe, results, records, seconds, layout)
     write_text_atomic(layout.report_file, report)
     say(report)
     return results
@@ -74,7 +74,7 @@ def key_loss_history(record: RunRecord) -> list[tuple[int, float]]:
 
 
 def comparison_markdown(recipe: Recipe, results: dict[str, dict[str, Any]], records: dict[str, RunRecord],
-                        seconds: dict[str, float]) -> str:
+                        seconds: dict[str, float], layout: CompareLayout) -> str:
     parts = [f"# {recipe.name}: strategies compared", "",
              f"Each strategy trained with the recipe's settings on `{recipe.model.name_or_path}` and "
              f"evaluated greedily. Relative change against `{BASELINE}` in parentheses.", ""]
@@ -88,5 +88,6 @@ def comparison_markdown(recipe: Recipe, results: dict[str, dict[str, Any]], reco
         history = key_loss_history(record)
         start, end = (history[0][1], history[-1][1]) if history else (float("nan"),) * 2
         parts.append(f"| {name} | {start:.3f} | {end:.3f} | {seconds[name]:.0f} s |")
-    parts += ["", "![acc, fmt and score](comparison.png)", "", "![key-token loss](key_loss.png)", ""]
+    parts += ["", f"![acc, fmt and score]({layout.bars_plot.name})", "",
+              f"![key-token loss]({layout.key_loss_plot.name})", ""]
     return "\n".join(parts)
