@@ -3,7 +3,7 @@ peak memory it reports is its own: `python -m sftkey_lora.bench.worker WORKLOAD 
 CONTENDER STAGE` prints one JSON line.
 
 Contenders, all on the same model, adapter, rows, labels and TrainingArguments:
-- `sftkey`: our stage's Trainer (`stage.stage_trainer`): logits at labelled positions only;
+- `sftkey`: our stage's Trainer (`train.stage.stage_trainer`): logits at labelled positions only;
 - `trl`: TRL's `SFTTrainer`, its `completion_mask` set to our labels;
 - `plain`: the transformers `Trainer` with the model's own loss over full logits;
 - `unsloth` (on a GPU where it is installed): our Trainer on unsloth's model, adapter and loss.
