@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 
-.PHONY: setup demo test test-fast lint tiny clean
+.PHONY: setup demo tokenizers test test-fast lint tiny clean
 
 setup: $(STAMP)
 
@@ -27,12 +27,17 @@ demo: setup
 	HF_HUB_OFFLINE=1 NO_COLOR=1 $(BIN)/sftkey-lora inspect recipes/quickstart.yaml --n 1
 	HF_HUB_OFFLINE=1 $(BIN)/sftkey-lora run recipes/quickstart.yaml
 
+# Real tokenizers (Qwen2.5, Qwen3, Llama-3, SmolLM3) for the tests, built once from the pinned
+# llama.cpp vocabulary files on PyPI and cached outside the repository (tests/real_tokenizers.py).
+tokenizers: setup
+	$(BIN)/python -m tests.real_tokenizers
+
 # Every test (what CI runs). pytest exits 5 when it collects no test: not a failure of the code.
-test: setup
+test: tokenizers
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest || [ $$? -eq 5 ]
 
 # Everything but the tests marked slow (training runs, lm-eval and torchrun subprocesses).
-test-fast: setup
+test-fast: tokenizers
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow" || [ $$? -eq 5 ]
 
 lint: setup

@@ -52,7 +52,7 @@ class Inspection:
 def inspect_recipe(recipe: Recipe) -> Inspection:
     strategy = STRATEGIES[recipe.strategy]
     tokenizer, _ = run_tokenizer(plan_tokenizer(recipe))
-    examples, report = load_examples(recipe.data)
+    examples, report = load_examples(recipe.data, tags=recipe.format.tag_strings)
     encoded = encode_examples(examples, tokenizer, recipe.format, strategy.tagged, report)
     return Inspection(recipe, strategy, tokenizer, encoded, report)
 

@@ -15,15 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .data.sources import SOURCES, task_name
 from .errors import UserError, first_line
 from .strategies import METHOD, STAGE_NAMES, STRATEGIES
+from .tags import PAPER_TAGS, Tags, paper_system_prompt
 
-# Appendix C.1 of the paper, the default system prompt for base models.
-PAPER_SYSTEM_PROMPT = (
-    "A conversation between User and Assistant. The user asks a question, and the Assistant "
-    "solves it. The assistant first thinks about the reasoning process in the mind and then "
-    "provides the user with the answer. The reasoning process and answer are enclosed within "
-    "<Thinking> </Thinking> and <Answer> </Answer> tags, respectively, i.e., <Thinking> "
-    "reasoning process here </Thinking> <Answer> answer here </Answer>."
-)
+# Appendix C.1 of the paper with the paper's tags: the default system prompt for base models.
+PAPER_SYSTEM_PROMPT = paper_system_prompt(PAPER_TAGS)
 
 # The allowed values, from the one table of each (validation lists them in its messages).
 Strategy = Literal[tuple(STRATEGIES)]  # type: ignore[valid-type]
@@ -97,12 +92,21 @@ class DataConfig(_Section):
 class FormatConfig(_Section):
     # `base`: system prompt + "User:"/"Assistant:" lines; `chat`: the tokenizer's chat template.
     template: Literal["base", "chat"] = "base"
+    # Unset: the paper's prompt (Appendix C.1) naming `tag_strings`.
     system_prompt: str = PAPER_SYSTEM_PROMPT
     # Tags as plain text, or as added (never special) tokens with trainable embedding rows.
     tags: Literal["text", "added_tokens"] = "text"
+    # The four tag strings: the paper's by default, or a model's own (Qwen3: <think>, </think>).
+    tag_strings: Tags = PAPER_TAGS
     # Untagged rendering (the `sft` baseline): thinking, this separator, then the answer.
     untagged_separator: str = "\nThe answer is "
     max_length: int = Field(512, ge=16)
+
+    @model_validator(mode="after")
+    def _prompt_names_the_tags(self) -> FormatConfig:
+        if "system_prompt" not in self.model_fields_set:
+            self.__dict__["system_prompt"] = paper_system_prompt(self.tag_strings)
+        return self
 
 
 class LoraSection(_Section):

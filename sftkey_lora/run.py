@@ -86,7 +86,7 @@ class _Execution:
     @cached_property
     def data(self) -> tuple[list[Encoded], list[Encoded]]:
         """(train, holdout): encoded examples, `data.holdout` of them held out."""
-        examples, report = load_examples(self.recipe.data)
+        examples, report = load_examples(self.recipe.data, tags=self.recipe.format.tag_strings)
         rows = encode_examples(examples, self.tokenizer[0], self.recipe.format, self.plan.tagged, report)
         held = self.recipe.data.holdout
         if len(rows) <= held:

@@ -26,6 +26,17 @@ def tiny_tokenizer():
 
 
 @pytest.fixture(scope="session")
+def real_tokenizers():
+    """{name: tokenizer} of the real tokenizers (tests/real_tokenizers.py), through the kit's
+    own loading; built offline from the pinned vocabulary files on first use, then cached."""
+    from sftkey_lora.recipe import ModelConfig
+    from sftkey_lora.train.loading import load_tokenizer
+    from tests.real_tokenizers import NAMES, tokenizer_dir
+
+    return {name: load_tokenizer(ModelConfig(name_or_path=str(tokenizer_dir(name)))) for name in NAMES}
+
+
+@pytest.fixture(scope="session")
 def small_run(tmp_path_factory):
     """(recipe, record) of the quickstart cut to a few steps per stage, then evaluated on 4
     problems: trained once, read by many tests. Tests that change it work on a copy."""

@@ -41,3 +41,11 @@ def stage_outcome(key_after: float = 0.5) -> StageOutcome:
         memory_kind="process_peak_rss", train_loss=1.5, heldout_key_loss=Change(before=9.0, after=key_after),
         heldout_thinking_loss=Change(before=8.0, after=2.0),
         log_history=[{"step": 0, "heldout_key_loss": 9.0}, {"step": 6, "heldout_key_loss": key_after}])
+
+
+def think_tags():
+    """Model-native tags in the style of Qwen3 and DeepSeek-R1 distillations."""
+    from sftkey_lora.tags import Tags
+
+    return Tags(think_open="<think>", think_close="</think>", answer_open="<answer>",
+                answer_close="</answer>")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError, first_line
-from ..tags import ALL_TAGS
+from ..tags import PAPER_TAGS, Tags
 from .example import AnswerKind, BadRow, DataReport, Example
 from .files import Row, read_local_rows
 from .segment import split_gsm8k, split_response
@@ -107,8 +107,10 @@ def task_name(source: str) -> str:
     return f"sftkey_{source}"
 
 
-def load_examples(cfg: DataConfig, split: str | None = None) -> tuple[list[Example], DataReport]:
-    """All usable examples of a split, and the report of what was read and dropped."""
+def load_examples(cfg: DataConfig, split: str | None = None,
+                  tags: Tags = PAPER_TAGS) -> tuple[list[Example], DataReport]:
+    """All usable examples of a split, and the report of what was read and dropped (among them
+    rows whose text holds one of `tags`)."""
     split = split or cfg.split
     report = DataReport(source=cfg.source, split=split if cfg.path is None else str(cfg.path))
     to_example = SOURCES[cfg.source].row
@@ -126,7 +128,7 @@ def load_examples(cfg: DataConfig, split: str | None = None) -> tuple[list[Examp
         report.rows_read += 1
         try:
             example = to_example(row, cfg)
-            _check_usable(example)
+            _check_usable(example, tags)
         except BadRow as bad:
             report.drop(bad.reason, where, bad.detail)
             continue
@@ -138,13 +140,13 @@ def load_examples(cfg: DataConfig, split: str | None = None) -> tuple[list[Examp
     return examples, report
 
 
-def _check_usable(example: Example) -> None:
+def _check_usable(example: Example, tags: Tags) -> None:
     if not example.prompt:
         raise BadRow("empty_prompt")
     if not example.answer:
         raise BadRow("empty_answer")
     for text in (example.prompt, example.thinking, example.answer):
-        for tag in ALL_TAGS:
+        for tag in tags.all:
             if tag in text:
                 # Policy: a literal tag inside the text would make the output ambiguous to
                 # parse and to score, so such rows are dropped (and counted).

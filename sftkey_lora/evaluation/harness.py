@@ -22,7 +22,8 @@ from ..recipe import EvalConfig
 from ..rundir.files import replace_dir, write_json_atomic
 from ..rundir.layout import RunLayout, temporary
 from .judge import Case, check_reachable, judge_all
-from .metrics import METRICS, grade, score
+from .metrics import METRICS, score
+from .tasks import grade_document
 
 # ./eval_tasks of a checkout, else the copy a wheel installs under <prefix>/share.
 TASKS_DIRS = (Path(__file__).resolve().parents[2] / "eval_tasks",
@@ -90,7 +91,7 @@ def grade_samples(records: list[dict[str, Any]], cfg: EvalConfig,
     rows = []
     for record in records:
         doc, output = record["doc"], record["resps"][0][0]
-        graded = grade(output, doc["reference"], doc["kind"], tuple(doc["labels"]))
+        graded = grade_document(doc, output)
         rows.append({**record, "output": output, "extracted": graded.extracted, "acc_exact": record["acc"]})
     judged: dict[str, Any] = {}
     if cfg.judge is not None and rows:

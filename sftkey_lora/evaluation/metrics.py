@@ -1,11 +1,12 @@
 """Format check and answer grading of one generated response (paper Appendix D and §5).
 
 `fmt` is strict: the whole output (surrounding whitespace aside) is exactly
-`<Thinking>…</Thinking><Answer>…</Answer>`, both parts non-empty and free of tags.
+`<Thinking>…</Thinking><Answer>…</Answer>`, both parts non-empty and free of tags (with the
+run's tag strings, `format.tag_strings`: the paper's unless the recipe names others).
 `acc` is lenient, so a response with a broken format can still be right, as with the
 paper's judge. The answer is read from, in order:
-  1. the last `<Answer>` up to its `</Answer>` (or to the end when it is not closed);
-  2. else the text after the last `</Thinking>`;
+  1. the last answer open tag up to its close tag (or to the end when it is not closed);
+  2. else the text after the last thinking close tag;
   3. else the whole output;
 and when 2 or 3 applies it is narrowed to the last number or `\\boxed{}` (math) or the
 last option letter (multiple choice). Equality: math-verify for math, the option letter
@@ -14,21 +15,17 @@ for multiple choice, normalised text (case, punctuation, articles, spaces) other
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 import threading
 from dataclasses import dataclass
 
 from ..data.example import AnswerKind
-from ..tags import ALL_TAGS, ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
+from ..tags import PAPER_TAGS, Tags
 
 METRICS = ("acc", "fmt", "score")  # what every sftkey_* task reports
 
-_FORMAT = re.compile(
-    rf"\s*{re.escape(THINK_OPEN)}(?P<thinking>.*?){re.escape(THINK_CLOSE)}"
-    rf"{re.escape(ANSWER_OPEN)}(?P<answer>.*?){re.escape(ANSWER_CLOSE)}\s*",
-    re.DOTALL,
-)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 _BOXED = "\\boxed"
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -46,30 +43,40 @@ def score(acc: float, fmt: float, alpha: float) -> float:
     return alpha * acc + (1 - alpha) * fmt
 
 
-def follows_format(output: str) -> bool:
+@functools.lru_cache(maxsize=8)
+def _format_of(tags: Tags) -> re.Pattern[str]:
+    return re.compile(
+        rf"\s*{re.escape(tags.think_open)}(?P<thinking>.*?){re.escape(tags.think_close)}"
+        rf"{re.escape(tags.answer_open)}(?P<answer>.*?){re.escape(tags.answer_close)}\s*",
+        re.DOTALL,
+    )
+
+
+def follows_format(output: str, tags: Tags = PAPER_TAGS) -> bool:
     """Exactly one thinking part then one answer part, nothing else, nothing nested."""
-    found = _FORMAT.fullmatch(output)
+    found = _format_of(tags).fullmatch(output)
     if found is None:
         return False
     parts = (found["thinking"], found["answer"])
-    return all(part.strip() for part in parts) and not any(tag in part for part in parts for tag in ALL_TAGS)
+    return all(part.strip() for part in parts) and not any(tag in part for part in parts for tag in tags.all)
 
 
-def answer_part(output: str) -> tuple[str, bool]:
-    """(the text the response offers as its answer, whether it came from `<Answer>` tags)."""
-    start = output.rfind(ANSWER_OPEN)
+def answer_part(output: str, tags: Tags = PAPER_TAGS) -> tuple[str, bool]:
+    """(the text the response offers as its answer, whether it came from answer tags)."""
+    start = output.rfind(tags.answer_open)
     if start >= 0:
-        body = output[start + len(ANSWER_OPEN):]
-        end = body.find(ANSWER_CLOSE)
+        body = output[start + len(tags.answer_open):]
+        end = body.find(tags.answer_close)
         return (body if end < 0 else body[:end]).strip(), True
-    think_end = output.rfind(THINK_CLOSE)
-    rest = output[think_end + len(THINK_CLOSE):] if think_end >= 0 else output
+    think_end = output.rfind(tags.think_close)
+    rest = output[think_end + len(tags.think_close):] if think_end >= 0 else output
     return rest.strip(), False
 
 
-def grade(output: str, reference: str, kind: AnswerKind, labels: tuple[str, ...] = ()) -> Grade:
+def grade(output: str, reference: str, kind: AnswerKind, labels: tuple[str, ...] = (),
+          tags: Tags = PAPER_TAGS) -> Grade:
     """Grade one response against its reference answer."""
-    text, tagged = answer_part(output)
+    text, tagged = answer_part(output, tags)
     if kind == "math":
         extracted = text if tagged else _last_math(text)
         correct = math_equal(reference, extracted)
@@ -79,7 +86,7 @@ def grade(output: str, reference: str, kind: AnswerKind, labels: tuple[str, ...]
     else:
         extracted = text
         correct = normalize_text(extracted) == normalize_text(reference) != ""
-    return Grade(acc=correct, fmt=follows_format(output), extracted=extracted)
+    return Grade(acc=correct, fmt=follows_format(output, tags), extracted=extracted)
 
 
 def math_equal(reference: str, answer: str) -> bool:

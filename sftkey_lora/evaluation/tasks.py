@@ -30,7 +30,8 @@ from ..prep.render import render_prompt
 from ..recipe import DataConfig, EvalConfig, FormatConfig, ModelConfig, Recipe, load_recipe, validate_recipe
 from ..rundir.layout import RunLayout
 from ..rundir.record import is_run, recorded_recipe
-from .metrics import grade, score
+from ..tags import Tags
+from .metrics import Grade, grade, score
 
 # Task name -> the data source whose test split it evaluates on: one task per source.
 TASKS: dict[str, str] = {task_name(source): source for source in SOURCES}
@@ -39,7 +40,7 @@ _MATH_LIKE = re.compile(r"\s*-?[\d.,]+\s*|.*[\\$^].*", re.DOTALL)  # a number, o
 
 def build_docs(task: str, metadata: dict[str, Any]) -> dict[str, Any]:
     """{"test": a `datasets.Dataset` of documents}: id, question, prompt, reference, kind,
-    labels, alpha."""
+    labels, alpha, tags (the four tag strings the format check and extraction use)."""
     import datasets
 
     source = TASKS[task]
@@ -49,6 +50,7 @@ def build_docs(task: str, metadata: dict[str, Any]) -> dict[str, Any]:
     if spec.test_split is None and not data_path:
         raise UserError(f"{task}: give the test file as --metadata '{{\"data_path\": \"test.jsonl\"}}' "
                         "(or eval.path in the recipe)")
+    fmt = recipe.format if recipe else FormatConfig()
     data = DataConfig(
         source=source,
         path=Path(data_path) if data_path else None,
@@ -56,29 +58,34 @@ def build_docs(task: str, metadata: dict[str, Any]) -> dict[str, Any]:
         synthetic=recipe.data.synthetic if recipe else DataConfig().synthetic,
     )
     try:
-        examples, report = load_examples(data)
+        examples, report = load_examples(data, tags=fmt.tag_strings)
     except UserError as err:
         raise UserError(f"{task}: {err} For evaluation, give the file as eval.path in the recipe, or "
                         f"--metadata '{{\"data_path\": \"FILE\"}}' to lm_eval.") from None
     if report.dropped:  # a smaller test set changes every figure: say so
         logging.getLogger(__name__).warning("%s: %s", task, report.format())
-    fmt = recipe.format if recipe else FormatConfig()
     tokenizer = _chat_tokenizer(fmt, recipe, metadata)
     alpha = float(metadata.get("alpha", EvalConfig().alpha))
     docs = [{
         "id": example.id, "question": example.prompt,
         "prompt": render_prompt(example.prompt, fmt, tokenizer), "reference": example.answer,
         "kind": spec.answer or metadata.get("answer_kind") or infer_kind(example.answer),
-        "labels": list(example.labels), "alpha": alpha,
+        "labels": list(example.labels), "alpha": alpha, "tags": list(fmt.tag_strings.all),
     } for example in examples]
     return {"test": datasets.Dataset.from_list(docs)}
 
 
 def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
     """lm-eval's per-sample metrics; each is averaged over the task."""
-    graded = grade(results[0], doc["reference"], doc["kind"], tuple(doc["labels"]))
+    graded = grade_document(doc, results[0])
     return {"acc": float(graded.acc), "fmt": float(graded.fmt),
             "score": score(graded.acc, graded.fmt, doc["alpha"])}
+
+
+def grade_document(doc: dict[str, Any], output: str) -> Grade:
+    """Grade one output against a document built by `build_docs`, in the run's tag strings."""
+    tags = Tags(**dict(zip(Tags.model_fields, doc["tags"], strict=True)))
+    return grade(output, doc["reference"], doc["kind"], tuple(doc["labels"]), tags)
 
 
 def infer_kind(reference: str) -> AnswerKind:

@@ -12,7 +12,6 @@ from enum import IntEnum
 from ..data import Example
 from ..errors import UserError
 from ..recipe import FormatConfig
-from ..tags import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
 
 
 class Segment(IntEnum):
@@ -28,7 +27,7 @@ class Rendered:
     text: str
     char_segments: tuple[Segment, ...]  # one per character of `text`
     response_start: int  # first character of the response (stage `full` loss)
-    key_start: int  # first character after </Thinking> (stage `key` loss, Eq. 4)
+    key_start: int  # first character after the thinking close tag (stage `key` loss, Eq. 4)
 
 
 def render_prompt(prompt: str, fmt: FormatConfig, tokenizer: object | None = None) -> str:
@@ -52,14 +51,16 @@ def render_prompt(prompt: str, fmt: FormatConfig, tokenizer: object | None = Non
 def render(
     example: Example, fmt: FormatConfig, tagged: bool, tokenizer: object | None = None
 ) -> Rendered:
-    """Prompt + response; tagged is the paper's `<Thinking>…</Thinking><Answer>…</Answer>`."""
+    """Prompt + response; tagged is the paper's `<Thinking>…</Thinking><Answer>…</Answer>`
+    with the recipe's tag strings."""
     prompt = render_prompt(example.prompt, fmt, tokenizer)
     if tagged:
+        tags = fmt.tag_strings
         pieces = [
-            (prompt, Segment.PROMPT), (THINK_OPEN, Segment.TAG),
-            (example.thinking, Segment.THINKING), (THINK_CLOSE, Segment.TAG),
-            (ANSWER_OPEN, Segment.TAG), (example.answer, Segment.ANSWER),
-            (ANSWER_CLOSE, Segment.TAG),
+            (prompt, Segment.PROMPT), (tags.think_open, Segment.TAG),
+            (example.thinking, Segment.THINKING), (tags.think_close, Segment.TAG),
+            (tags.answer_open, Segment.TAG), (example.answer, Segment.ANSWER),
+            (tags.answer_close, Segment.TAG),
         ]
         key_piece = 4
     else:

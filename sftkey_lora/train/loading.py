@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import UserError, first_line
 from ..recipe import ModelConfig
-from ..tags import ALL_TAGS
+from ..tags import Tags
 from .hardware import ResolvedPrecision, torch_dtype
 from .plan import TokenizerPlan
 
@@ -34,7 +34,7 @@ def resolve_model_path(name_or_path: str) -> str:
 def run_tokenizer(plan: TokenizerPlan) -> tuple[Any, list[int]]:
     """The run's tokenizer and the ids of the tags added to it as tokens (none unless planned)."""
     tokenizer = load_tokenizer(plan.model)
-    return tokenizer, add_tag_tokens(tokenizer) if plan.add_tags else []
+    return tokenizer, add_tag_tokens(tokenizer, plan.tags) if plan.add_tags else []
 
 
 def load_tokenizer(cfg: ModelConfig) -> Any:
@@ -54,13 +54,14 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
     return tokenizer
 
 
-def add_tag_tokens(tokenizer: Any) -> list[int]:
+def add_tag_tokens(tokenizer: Any, tags: Tags) -> list[int]:
     """Register the four tags as added tokens that are never *special*: special tokens are
-    dropped at decode time (`skip_special_tokens=True` in lm-eval) and fmt would read 0."""
+    dropped at decode time (`skip_special_tokens=True` in lm-eval) and fmt would read 0. A tag
+    the tokenizer already has (Qwen3's `<think>`) keeps its id and row."""
     from tokenizers import AddedToken
 
-    tokenizer.add_tokens([AddedToken(tag, normalized=False, special=False) for tag in ALL_TAGS])
-    return tokenizer.convert_tokens_to_ids(list(ALL_TAGS))
+    tokenizer.add_tokens([AddedToken(tag, normalized=False, special=False) for tag in tags.all])
+    return tokenizer.convert_tokens_to_ids(list(tags.all))
 
 
 def load_model(cfg: ModelConfig, precision: ResolvedPrecision, *, vocab_size: int):

@@ -17,6 +17,7 @@ from ..recipe import EvalConfig, ModelConfig, Recipe, StageConfig, TrainingConfi
 from ..rundir.layout import EVAL_STEP, MERGE_STEP, RunLayout
 from ..rundir.outcomes import EvalOutcome
 from ..strategies import STRATEGIES, LabelKind
+from ..tags import Tags
 from .hardware import ResolvedPrecision, cuda_available, resolve_precision
 
 
@@ -24,6 +25,7 @@ from .hardware import ResolvedPrecision, cuda_available, resolve_precision
 class TokenizerPlan:
     model: ModelConfig  # the recipe's model, whose tokenizer is the run's
     add_tags: bool  # the four tags become added tokens (saved with every stage's weights)
+    tags: Tags  # the recipe's tag strings
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,7 @@ class RunPlan:
 def plan_tokenizer(recipe: Recipe) -> TokenizerPlan:
     """Tags become added tokens only where the strategy renders them: `sft` gets no dead rows."""
     adds = recipe.format.tags == "added_tokens" and STRATEGIES[recipe.strategy].tagged
-    return TokenizerPlan(recipe.model, add_tags=adds)
+    return TokenizerPlan(recipe.model, add_tags=adds, tags=recipe.format.tag_strings)
 
 
 def plan_run(recipe: Recipe, layout: RunLayout) -> RunPlan:

@@ -13,6 +13,7 @@ import pytest
 from sftkey_lora.evaluation.harness import grade_samples
 from sftkey_lora.evaluation.judge import Case, JudgeFailure, judge_all, parse_reply
 from sftkey_lora.recipe import EvalConfig, JudgeConfig
+from sftkey_lora.tags import PAPER_TAGS
 
 SECRET = "sk-test-never-written"
 
@@ -109,7 +110,7 @@ def test_a_judge_that_is_down_stops_evaluation_before_it_starts(judge_url, cli, 
 
 def test_judge_verdicts_replace_the_exact_check_where_given(judge_url, monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("SFTKEY_JUDGE_API_KEY", SECRET)
-    doc = {"reference": "7", "kind": "math", "labels": [], "alpha": 0.7}
+    doc = {"reference": "7", "kind": "math", "labels": [], "alpha": 0.7, "tags": list(PAPER_TAGS.all)}
     # (question, reference, output): the exact check calls each of them right.
     cases = [("q1", "7", "<Thinking>x</Thinking><Answer>seven, i.e. 7</Answer>"),  # judge: yes
              ("q2", "8 exactly", "<Thinking>x</Thinking><Answer>7 or 8</Answer>"),  # judge: no

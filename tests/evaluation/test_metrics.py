@@ -6,6 +6,8 @@ import pytest
 
 from sftkey_lora.evaluation.metrics import answer_part, follows_format, grade, normalize_text
 from sftkey_lora.evaluation.tasks import infer_kind, process_results
+from sftkey_lora.tags import PAPER_TAGS
+from tests.support import think_tags
 
 WELL_FORMED = "<Thinking>3 + 4 = 7.</Thinking><Answer>7</Answer>"
 
@@ -87,9 +89,20 @@ def test_answer_part_prefers_tags_then_text_after_thinking() -> None:
     assert normalize_text("  The Answer, is: A cat! ") == "answer is cat"
 
 
+def test_format_and_answer_in_model_native_tags() -> None:
+    tags = think_tags()
+    output = "<think>3 + 4 = 7.</think><answer>7</answer>"
+    assert follows_format(output, tags) and not follows_format(output)
+    assert answer_part(output, tags) == ("7", True)
+    assert grade(output, "7", "math", tags=tags) == grade(output.replace("<think>", "<Thinking>")
+        .replace("</think>", "</Thinking>").replace("answer>", "Answer>"), "7", "math")
+    # Paper tags inside a think-tagged output are text, not structure.
+    assert follows_format("<think>a</think><answer><Answer>7</Answer></answer>", tags) is not False
+
+
 @pytest.mark.parametrize("alpha", [0.7, 0.5, 1.0])
 def test_score_weighs_accuracy_by_alpha(alpha: float) -> None:
-    doc = {"reference": "7", "kind": "math", "labels": [], "alpha": alpha}
+    doc = {"reference": "7", "kind": "math", "labels": [], "alpha": alpha, "tags": list(PAPER_TAGS.all)}
     broken = process_results(doc, ["<Thinking>3 + 4 = 7.</Thinking><Answer>7"])
     assert broken == {"acc": 1.0, "fmt": 0.0, "score": pytest.approx(alpha)}
     wrong = process_results(doc, ["<Thinking>x</Thinking><Answer>8</Answer>"])

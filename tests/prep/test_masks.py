@@ -9,9 +9,12 @@ from sftkey_lora.errors import UserError
 from sftkey_lora.prep.masks import IGNORE, encode, encode_examples, special_prefix
 from sftkey_lora.prep.render import Segment, render
 from sftkey_lora.recipe import FormatConfig
-from sftkey_lora.tags import ALL_TAGS, ANSWER_OPEN
+from sftkey_lora.tags import PAPER_TAGS, Tags
+from tests.real_tokenizers import NAMES
+from tests.support import think_tags
 
-TAG_LIKE = list(ALL_TAGS) + ["<", ">", "</", "><", "<Think", "Answer>", "</Answer", "<answer>", "#### 5"]
+THINK_TAGS = think_tags()
+TAG_LIKE = [*PAPER_TAGS.all, *THINK_TAGS.all, "<", ">", "</", "><", "<Think", "Answer>", "</Answer", "#### 5"]
 ALPHABET = st.characters(blacklist_categories=("Cs",), blacklist_characters="▁")
 TEXT = st.lists(st.one_of(st.text(ALPHABET, max_size=12), st.sampled_from(TAG_LIKE)),
                 max_size=6).map("".join)
@@ -22,8 +25,15 @@ def decoded_loss(tokenizer, encoded, kind: str) -> str:
     return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
-def check_spans(tokenizer, prompt: str, thinking: str, answer: str, tagged: bool) -> None:
-    fmt = FormatConfig()
+def normalized(tokenizer, text: str) -> str:
+    """The text as the tokenizer sees it (Qwen's normalise to NFC: decoding gives that back)."""
+    normalizer = tokenizer.backend_tokenizer.normalizer
+    return normalizer.normalize_str(text) if normalizer else text
+
+
+def check_spans(tokenizer, prompt: str, thinking: str, answer: str, tagged: bool,
+                tags: Tags = PAPER_TAGS) -> None:
+    fmt = FormatConfig(tag_strings=tags)
     rendered = render(Example(prompt, thinking, answer), fmt, tagged)
     encoded = encode(rendered, tokenizer, special_prefix(tokenizer), Example(prompt, thinking, answer))
     offsets = tokenizer(rendered.text, add_special_tokens=False,
@@ -38,9 +48,10 @@ def check_spans(tokenizer, prompt: str, thinking: str, answer: str, tagged: bool
         start, end = offsets[first - len(special_prefix(tokenizer))]
         # The first loss token starts at the boundary, or straddles it (and then only it does).
         assert start <= boundary < end or start == boundary
-        assert decoded_loss(tokenizer, encoded, kind) == rendered.text[start:] + eos
+        assert decoded_loss(tokenizer, encoded, kind) == normalized(tokenizer, rendered.text[start:]) + eos
     if tagged:
-        assert decoded_loss(tokenizer, encoded, "key").endswith(f"{ANSWER_OPEN}{answer}</Answer>{eos}")
+        key = normalized(tokenizer, f"{tags.answer_open}{answer}{tags.answer_close}") + eos
+        assert decoded_loss(tokenizer, encoded, "key").endswith(key)
 
 
 settings_ = settings(max_examples=150, deadline=None,
@@ -58,6 +69,17 @@ def test_loss_spans_byte_level_bpe(tiny_tokenizer, prompt, thinking, answer, tag
 def test_loss_spans_sentencepiece_style(sentencepiece_style_tokenizer, prompt, thinking, answer,
                                         tagged) -> None:
     check_spans(sentencepiece_style_tokenizer, prompt, thinking, answer, tagged)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("tags", [PAPER_TAGS, THINK_TAGS], ids=["paper-tags", "think-tags"])
+def test_loss_spans_real_tokenizers(real_tokenizers, name, tags) -> None:
+    @settings(max_examples=60, deadline=None)
+    @given(prompt=TEXT, thinking=TEXT, answer=TEXT, tagged=st.booleans())
+    def check(prompt, thinking, answer, tagged) -> None:
+        check_spans(real_tokenizers[name], prompt, thinking, answer, tagged, tags)
+
+    check()
 
 
 def test_straddling_token_counts_as_key(tiny_tokenizer) -> None:
@@ -101,12 +123,12 @@ def test_added_tag_tokens_are_single_and_never_special() -> None:
     from sftkey_lora.train.plan import TokenizerPlan
 
     fmt = FormatConfig(tags="added_tokens", system_prompt="")
-    tokenizer, ids = run_tokenizer(TokenizerPlan(ModelConfig(), add_tags=True))
-    assert tokenizer.convert_ids_to_tokens(ids) == list(ALL_TAGS)
+    tokenizer, ids = run_tokenizer(TokenizerPlan(ModelConfig(), add_tags=True, tags=PAPER_TAGS))
+    assert tokenizer.convert_ids_to_tokens(ids) == list(PAPER_TAGS.all)
     example = Example("q", "think", "7")
     encoded = encode(render(example, fmt, True), tokenizer, [], example)
     pieces = [tokenizer.convert_ids_to_tokens(t) for t in encoded.input_ids]
-    for tag in ALL_TAGS:
+    for tag in PAPER_TAGS.all:
         assert pieces.count(tag) == 1
     assert decoded_loss(tokenizer, encoded, "key") == "<Answer>7</Answer><|endoftext|>"
     # lm-eval decodes with skip_special_tokens=True: the tags must survive it

@@ -8,7 +8,8 @@ from sftkey_lora.data import Example
 from sftkey_lora.errors import UserError
 from sftkey_lora.prep.render import Segment, render, render_prompt
 from sftkey_lora.recipe import FormatConfig
-from sftkey_lora.tags import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
+from sftkey_lora.tags import PAPER_TAGS
+from tests.support import think_tags
 
 EXAMPLE = Example(prompt="What is 2 + 3?", thinking="2 + 3 = 5.", answer="5")
 
@@ -30,10 +31,36 @@ def test_tagged_response_is_the_papers_format_with_every_span() -> None:
     prompt = "Be brief.\nUser: What is 2 + 3?\nAssistant:\n"
     assert rendered.text == f"{prompt}<Thinking>2 + 3 = 5.</Thinking><Answer>5</Answer>"
     assert spans(rendered) == [
-        (Segment.PROMPT, prompt), (Segment.TAG, THINK_OPEN), (Segment.THINKING, "2 + 3 = 5."),
-        (Segment.TAG, THINK_CLOSE + ANSWER_OPEN), (Segment.ANSWER, "5"), (Segment.TAG, ANSWER_CLOSE)]
+        (Segment.PROMPT, prompt), (Segment.TAG, "<Thinking>"), (Segment.THINKING, "2 + 3 = 5."),
+        (Segment.TAG, "</Thinking><Answer>"), (Segment.ANSWER, "5"), (Segment.TAG, "</Answer>")]
     assert rendered.response_start == len(prompt)
     assert rendered.text[rendered.key_start:] == "<Answer>5</Answer>"  # everything after </Thinking>
+
+
+def test_model_native_tags_render_everywhere_the_papers_did() -> None:
+    think = think_tags()
+    fmt = FormatConfig(tag_strings=think)
+    rendered = render(EXAMPLE, fmt, tagged=True)
+    assert rendered.text.endswith("<think>2 + 3 = 5.</think><answer>5</answer>")
+    assert rendered.text[rendered.key_start:] == "<answer>5</answer>"
+    # The default system prompt (Appendix C.1) names the recipe's tags, not the paper's.
+    assert "<think> reasoning process here </think> <answer> answer here </answer>" in fmt.system_prompt
+    assert "<Thinking>" not in rendered.text
+    assert FormatConfig().system_prompt.count(PAPER_TAGS.think_open) == 2
+    assert FormatConfig(tag_strings=think, system_prompt="Own.").system_prompt == "Own."
+
+
+@pytest.mark.parametrize(("tags", "field"), [
+    ({"think_open": ""}, "think_open: a tag must not be empty"),
+    ({"answer_open": "<Thinking"}, "answer_open: '<Thinking' is part of think_open"),
+    ({"think_close": " </t>"}, "think_close: ' </t>' starts or ends with whitespace"),
+    ({"end": "x"}, "end"),
+])
+def test_tag_strings_must_be_unambiguous(tags, field) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=field):
+        FormatConfig(tag_strings=tags)
 
 
 def test_untagged_response_keys_from_the_separator() -> None:
