@@ -263,17 +263,17 @@ def test_added_tag_tokens_are_trained_and_merged(small_run) -> None:
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sftkey_lora.tags import ALL_TAGS
+    from sftkey_lora.tags import PAPER_TAGS
 
     recipe, record = small_run
     assert recipe.format.tags == "added_tokens"
     run_dir = record.run_dir
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "stage1-merged")
-    ids = tokenizer.convert_tokens_to_ids(list(ALL_TAGS))
+    ids = tokenizer.convert_tokens_to_ids(list(PAPER_TAGS.all))
     assert tokenizer("<Thinking>x</Thinking>", add_special_tokens=False)["input_ids"][0] == ids[0]
     saved = load_file(run_dir / "stage1" / "adapter_model.safetensors")
     rows = [tensor for name, tensor in saved.items() if "trainable_tokens" in name]
-    assert rows and rows[0].shape[0] == len(ALL_TAGS)
+    assert rows and rows[0].shape[0] == len(PAPER_TAGS.all)
     assert not [name for name, t in saved.items() if t.shape[0] == len(tokenizer)], "whole embedding saved"
     merged = AutoModelForCausalLM.from_pretrained(run_dir / "stage1-merged")
     assert torch.allclose(merged.get_input_embeddings().weight[ids], rows[0].to(torch.float32))
