@@ -37,6 +37,16 @@ def real_tokenizers():
 
 
 @pytest.fixture(scope="session")
+def real_models(tmp_path_factory):
+    """{name: directory} of tiny random models of the paper's architectures with their real
+    tokenizers (tests/real_models.py), written once per test session."""
+    from tests.real_models import ARCHITECTURES, build
+
+    root = tmp_path_factory.mktemp("real-models")
+    return {name: build(name, root / name) for name in ARCHITECTURES}
+
+
+@pytest.fixture(scope="session")
 def small_run(tmp_path_factory):
     """(recipe, record) of the quickstart cut to a few steps per stage, then evaluated on 4
     problems: trained once, read by many tests. Tests that change it work on a copy."""

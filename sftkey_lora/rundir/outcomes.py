@@ -46,6 +46,8 @@ class MergeOutcome(_Outcome):
     kl: dict[str, float]  # per candidate base: mean per-token KL(stage-1 model ‖ re-quantized merge)
     base: str  # the candidate used
     chosen_by: str
+    peak_memory_mb: float | None = None  # as a stage's; None in runs recorded before it was
+    memory_kind: str | None = None
 
 
 class EvalOutcome(_Outcome):

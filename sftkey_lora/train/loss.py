@@ -14,13 +14,14 @@ key-only stage (a handful of tokens per example) is most of them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ..prep.masks import IGNORE
+from .distributed import sharded
 
 # Logits (positions x vocabulary) projected at once: a 64 MiB fp32 tile, three of which (the
 # logits, their log-softmax, its gradient) are alive in a chunk's backward. With a 152k
@@ -102,32 +103,64 @@ class _LabelledCrossEntropy(torch.autograd.Function):
 @torch.no_grad()
 def projects_like_the_model(model: Any, batch: dict[str, torch.Tensor], head: torch.nn.Module) -> bool:
     """Whether projecting the last hidden states through `head` gives the model's own logits
-    (it does not where an architecture scales or caps logits after the head)."""
+    (it does not where an architecture scales or caps logits after the head). Checked on a
+    short piece of one row, so the full logits it needs stay small."""
     device = next(model.parameters()).device
-    inputs = {key: batch[key][:2].to(device) for key in ("input_ids", "attention_mask")}
+    inputs = {key: batch[key][:1, :16].to(device) for key in ("input_ids", "attention_mask")}
     outputs = model(**inputs, output_hidden_states=True)
     projected = head(outputs.hidden_states[-1]).float()
     return torch.allclose(projected, outputs.logits.float(), rtol=1e-3, atol=1e-3)
 
 
-def token_losses(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Cross-entropy of every next-token prediction, [b, t-1] (no reduction)."""
-    device = next(model.parameters()).device
-    logits = model(input_ids=batch["input_ids"].to(device),
-                   attention_mask=batch["attention_mask"].to(device)).logits[:, :-1]
-    targets = batch["input_ids"][:, 1:].to(device)
-    return F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
+def projects_directly(model: Any, batch: dict[str, torch.Tensor]) -> bool:
+    """Whether logits may be computed from hidden states outside the model's forward pass: the
+    head gives the model's own logits and its weights are whole (not sharded by FSDP or ZeRO)."""
+    return not sharded() and projects_like_the_model(model, batch, model.get_output_embeddings())
 
 
 @torch.no_grad()
-def segment_losses(model: Any, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
-    """Mean loss on thinking tokens and on key tokens (Eq. 4), whatever the stage trains on."""
+def log_probs_at(model: Any, batch: dict[str, torch.Tensor], keep: torch.Tensor,
+                 direct: bool) -> Iterator[torch.Tensor]:
+    """Next-token log-probabilities at the positions `keep` [b, t-1] selects, in order, a chunk
+    of positions ([c, vocab], fp32) at a time. `direct`: from the final hidden states through
+    the head, so no [b, t, vocab] tensor exists; else from the model's full logits."""
+    device = next(model.parameters()).device
+    inputs = {key: batch[key].to(device) for key in ("input_ids", "attention_mask")}
+    keep = keep.to(device)
+    if not direct:
+        logits = model(**inputs).logits[:, :-1][keep]  # [n, vocab]
+        yield F.log_softmax(logits.float(), dim=-1)
+        return
+    outputs = model(**inputs, output_hidden_states=True, logits_to_keep=torch.empty(0, dtype=torch.long))
+    states = outputs.hidden_states[-1][:, :-1][keep]  # [n, h]
+    head = model.get_output_embeddings()
+    step = tokens_per_chunk(head.weight.shape[0])
+    for start in range(0, len(states), step):
+        yield F.log_softmax(head(states[start:start + step]).float(), dim=-1)  # [c, vocab]
+
+
+@torch.no_grad()
+def segment_losses(model: Any, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """Mean loss on thinking tokens and on key tokens (Eq. 4), whatever the stage trains on;
+    only those positions are projected to the vocabulary."""
+    direct = bool(batches) and projects_directly(model, batches[0])
     sums = {"thinking": 0.0, "key": 0.0}
     counts = {"thinking": 0, "key": 0}
     for batch in batches:
-        losses = token_losses(model, batch).cpu()
-        for name in sums:
-            mask = batch[f"is_{name}"][:, 1:].bool()
-            sums[name] += float(losses[mask].sum())
-            counts[name] += int(mask.sum())
+        masks = {name: batch[f"is_{name}"][:, 1:].bool() for name in sums}  # [b, t-1]
+        keep = masks["thinking"] | masks["key"]
+        targets = batch["input_ids"][:, 1:][keep]  # [n]
+        losses = torch.cat([-chunk.gather(1, targets[done:done + len(chunk), None].to(chunk.device))[:, 0]
+                            for done, chunk in _with_offsets(log_probs_at(model, batch, keep, direct))])
+        for name, mask in masks.items():
+            selected = mask[keep].to(losses.device)  # [n]: which kept positions are this segment's
+            sums[name] += float(losses[selected].double().sum())
+            counts[name] += int(selected.sum())
     return {name: sums[name] / counts[name] if counts[name] else float("nan") for name in sums}
+
+
+def _with_offsets(chunks: Iterable[torch.Tensor]) -> Iterator[tuple[int, torch.Tensor]]:
+    done = 0
+    for chunk in chunks:
+        yield done, chunk
+        done += len(chunk)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,9 @@ from ..recipe import ModelConfig
 from ..rundir.files import replace_dir
 from ..rundir.layout import temporary
 from ..rundir.outcomes import MergeOutcome
-from .hardware import ResolvedPrecision
+from .hardware import ResolvedPrecision, peak_memory, reset_peak_memory
 from .loading import load_model, pretrained_model
+from .loss import log_probs_at, projects_directly
 from .plan import MergeStep
 
 CANDIDATES = ("original", "nf4")
@@ -36,6 +36,7 @@ def merge_stage1(step: MergeStep, tokenizer: Any, holdout: list[dict[str, torch.
     from peft import PeftModel
 
     started = time.perf_counter()
+    reset_peak_memory()
     model_cfg, precision, vocab = step.model, step.precision, len(tokenizer)
     reference = load_model(model_cfg, precision, vocab_size=vocab)
     reference = PeftModel.from_pretrained(reference, str(step.adapter)).eval()
@@ -58,7 +59,8 @@ def merge_stage1(step: MergeStep, tokenizer: Any, holdout: list[dict[str, torch.
         shutil.rmtree(tmp)
     return MergeOutcome(seconds=round(time.perf_counter() - started, 1),
                         kl={name: float(f"{value:.4g}") for name, value in kl.items()}, base=chosen,
-                        chosen_by="lowest KL" if step.choice == "auto" else "recipe merge.base")
+                        chosen_by="lowest KL" if step.choice == "auto" else "recipe merge.base",
+                        **peak_memory())
 
 
 def merged_16bit(model_cfg: ModelConfig, adapter_dir: Path, base: str, vocab_size: int,
@@ -88,21 +90,16 @@ def _round_trip_nf4(model: Any, model_cfg: ModelConfig, precision: ResolvedPreci
 
 
 @torch.no_grad()
-def mean_kl(reference: Any, other: Any, batches: Iterable[dict[str, torch.Tensor]]) -> float:
-    """Mean over response tokens of KL(reference ‖ other) of the next-token distributions."""
+def mean_kl(reference: Any, other: Any, batches: list[dict[str, torch.Tensor]]) -> float:
+    """Mean over response tokens of KL(reference ‖ other) of the next-token distributions,
+    projected a chunk of response positions at a time (never whole-batch logits of two models)."""
+    direct = bool(batches) and all(projects_directly(model, batches[0]) for model in (reference, other))
     total, count = 0.0, 0
     for batch in batches:
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-        p = _log_probs(reference, inputs)  # [b, t-1, vocab]
-        q = _log_probs(other, inputs).to(p.device)
-        keep = (batch["labels"][:, 1:] != IGNORE).to(p.device)
-        kl = F.kl_div(q, p, log_target=True, reduction="none").sum(-1)  # [b, t-1]
-        total += float(kl[keep].sum())
+        keep = batch["labels"][:, 1:] != IGNORE  # [b, t-1]
+        pairs = zip(log_probs_at(reference, batch, keep, direct), log_probs_at(other, batch, keep, direct),
+                    strict=True)
+        for p, q in pairs:  # [c, vocab] each
+            total += float(F.kl_div(q.to(p.device).double(), p.double(), log_target=True, reduction="sum"))
         count += int(keep.sum())
     return total / max(count, 1)
-
-
-def _log_probs(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    device = next(model.parameters()).device
-    logits = model(**{k: v.to(device) for k, v in inputs.items()}).logits[:, :-1]
-    return F.log_softmax(logits.float(), dim=-1)

@@ -20,12 +20,12 @@ from ..rundir.layout import KEY_LOSS, THINKING_LOSS, RunLayout, temporary
 from ..rundir.outcomes import Change, StageOutcome
 from ..strategies import LabelKind
 from .callbacks import SegmentLossProbe, StageProgress
-from .distributed import is_main, sharded, wait_for_everyone
+from .distributed import is_main, wait_for_everyone
 from .guards import LossGuard, disk_full_stops
 from .hardware import peak_memory, reset_peak_memory
 from .loading import load_model
 from .lora import attach_lora
-from .loss import LabelledLogitsLoss, causal_lm_loss, projects_like_the_model
+from .loss import LabelledLogitsLoss, causal_lm_loss, projects_directly
 from .plan import StageStep
 
 
@@ -104,7 +104,7 @@ def _loss_kind(step: StageStep, model: Any, batch: dict[str, Any]) -> LossKind:
     only inside the model's forward)."""
     if step.base.backend == "unsloth":
         return "model"
-    if sharded() or not projects_like_the_model(model, batch, model.get_output_embeddings()):
+    if not projects_directly(model, batch):
         return "full"
     return "labelled"
 

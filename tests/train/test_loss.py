@@ -258,3 +258,51 @@ def test_trainable_head_parameters_get_the_full_logits_gradients(tied: bool, set
     LabelledLogitsLoss(head, chunk_tokens=3)(outputs, labels).backward()
     for name, grad in reference.items():
         assert torch.allclose(trainable[name].grad, grad, rtol=1e-4, atol=1e-6), name
+
+
+def full_logits_probe(model, batches) -> tuple[dict[str, float], torch.Tensor]:
+    """The held-out losses and the log-probabilities at response positions, from whole logits."""
+    import torch.nn.functional as F
+
+    sums, counts, response = {"thinking": 0.0, "key": 0.0}, {"thinking": 0, "key": 0}, []
+    with torch.no_grad():
+        for batch in batches:
+            inputs = {key: batch[key] for key in ("input_ids", "attention_mask")}
+            logits = model(**inputs).logits[:, :-1].float()
+            losses = F.cross_entropy(logits.transpose(1, 2), batch["input_ids"][:, 1:], reduction="none")
+            for name in sums:
+                mask = batch[f"is_{name}"][:, 1:].bool()
+                sums[name] += float(losses[mask].double().sum())
+                counts[name] += int(mask.sum())
+            response.append(F.log_softmax(logits[batch["labels"][:, 1:] != IGNORE], dim=-1))
+    return {name: sums[name] / counts[name] for name in sums}, torch.cat(response)
+
+
+@pytest.mark.slow
+def test_probe_and_kl_at_151k_vocabulary_equal_whole_logits(real_models) -> None:
+    """The held-out losses and the merge's KL, projected a chunk of positions at a time (110 at
+    vocabulary 151,936, so several chunks here), equal the whole-logits figures within 1e-6."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sftkey_lora.prep.collate import batches
+    from sftkey_lora.train.merge import mean_kl
+
+    folder = real_models["qwen2-untied"]
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    examples = synthetic_split("test", n_train=1, n_test=8, seed=2)
+    rows = encode_examples(examples, tokenizer, FormatConfig(), tagged=True, report=DataReport("t", "test"))
+    probe = list(batches(rows, 4, Collator(pad_id(tokenizer), "full", with_segments=True)))
+    assert sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in probe) > 2 * 110
+    reference = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    other = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        other.get_output_embeddings().weight.mul_(1.5)
+    expected_losses, p = full_logits_probe(reference, probe)
+    _, q = full_logits_probe(other, probe)
+    expected_kl = float(torch.nn.functional.kl_div(q.double(), p.double(), log_target=True,
+                                                   reduction="sum")) / len(p)
+    losses = segment_losses(reference, probe)
+    for name in ("thinking", "key"):
+        assert losses[name] == pytest.approx(expected_losses[name], abs=1e-6)
+    assert mean_kl(reference, other, probe) == pytest.approx(expected_kl, abs=1e-6)
+    assert expected_kl > 1e-3
