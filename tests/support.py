@@ -49,3 +49,20 @@ def think_tags():
 
     return Tags(think_open="<think>", think_close="</think>", answer_open="<answer>",
                 answer_close="</answer>")
+
+
+def holdout_batches(recipe, segments: bool = False) -> list[dict]:
+    """The held-out examples a run of `recipe` probes, encoded and batched as the run does
+    (`segments`: with the thinking/key masks the held-out losses read)."""
+    from sftkey_lora.data import load_examples
+    from sftkey_lora.prep.collate import Collator, batches, pad_id
+    from sftkey_lora.prep.masks import encode_examples
+    from sftkey_lora.run import split_holdout
+    from sftkey_lora.train.loading import run_tokenizer
+    from sftkey_lora.train.plan import plan_tokenizer
+
+    tokenizer, _ = run_tokenizer(plan_tokenizer(recipe))
+    examples, report = load_examples(recipe.data, tags=recipe.format.tag_strings)
+    rows = encode_examples(examples, tokenizer, recipe.format, True, report)
+    _, holdout = split_holdout(rows, recipe.data.holdout, recipe.stage("stage1").training.seed)
+    return list(batches(holdout, 8, Collator(pad_id(tokenizer), "full", with_segments=segments)))

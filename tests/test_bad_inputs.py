@@ -55,6 +55,9 @@ CATALOGUE = [
     ("empty answer", lambda t: jsonl(t, {**GOOD_ROW, "answer": " "}), "no usable rows"),
     ("tag inside the thinking", lambda t: jsonl(t, {**GOOD_ROW, "thinking": "so </Thinking> here"}),
      "no usable rows"),
+    ("one tag string inside another", lambda t: ["--set", "format.tag_strings.think_open=<think",
+                                                 "--set", "format.tag_strings.think_close=<think>"],
+     "field `format.tag_strings`: think_open: '<think' is part of think_close '<think>'"),
     ("tokenizer without eos token", lambda t: tokenizer_without(t, "eos_token", "pad_token"),
      "model.name_or_path: the tokenizer has no eos token"),
 ]

@@ -13,16 +13,22 @@ from pathlib import Path
 import pytest
 import torch
 
-from sftkey_lora.data import load_examples
 from sftkey_lora.errors import UserError
-from sftkey_lora.prep.collate import Collator, batches, pad_id
-from sftkey_lora.prep.masks import encode_examples
 from sftkey_lora.recipe import load_recipe
-from sftkey_lora.run import run_recipe, split_holdout
+from sftkey_lora.run import run_recipe
 from sftkey_lora.train.loading import load_model, run_tokenizer
 from sftkey_lora.train.merge import mean_kl
 from sftkey_lora.train.plan import plan_tokenizer
-from tests.support import QUICKSTART, QUICKSTART_FULL, ROOT, SMALL, SMALL_EVAL, as_set_flags, quiet
+from tests.support import (
+    QUICKSTART,
+    QUICKSTART_FULL,
+    ROOT,
+    SMALL,
+    SMALL_EVAL,
+    as_set_flags,
+    holdout_batches,
+    quiet,
+)
 
 slow = pytest.mark.slow
 
@@ -84,10 +90,7 @@ def test_merged_model_matches_the_stage1_model_within_the_recorded_kl(small_run)
     recipe, record = small_run
     run_dir = record.run_dir
     tokenizer, _ = run_tokenizer(plan_tokenizer(recipe))
-    examples, report = load_examples(recipe.data)
-    rows = encode_examples(examples, tokenizer, recipe.format, True, report)
-    _, holdout = split_holdout(rows, recipe.data.holdout, recipe.stage("stage1").training.seed)
-    probe = list(batches(holdout, 8, Collator(pad_id(tokenizer), "full")))
+    probe = holdout_batches(recipe)
     stage1 = load_model(recipe.model, "fp32", vocab_size=len(tokenizer))
     stage1 = PeftModel.from_pretrained(stage1, str(run_dir / "stage1")).eval()
     merged_cfg = recipe.model.model_copy(update={"name_or_path": str(run_dir / "stage1-merged")})
