@@ -66,13 +66,11 @@ def write_parquet(rows: dict[str, list[str]], path: Path) -> Path:
     return path
 
 
-def _rss_mb(field: str) -> float:
-    """VmRSS (now) or VmHWM (the peak) of this process, in MB (Linux)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1]) / 1024
-    raise OSError(f"no {field} in /proc/self/status")
+def _memory(baseline: float | None) -> dict[str, float | None]:
+    """Peak resident memory of this process, and what was resident when the clock started."""
+    from ..train.hardware import peak_memory
+
+    return {"peak_mb": peak_memory()["peak_memory_mb"], "baseline_mb": baseline}
 
 
 def _setup(parquet: str, tokenizer_dir: str) -> tuple[Any, Any, Any]:
@@ -83,45 +81,46 @@ def _setup(parquet: str, tokenizer_dir: str) -> tuple[Any, Any, Any]:
     return data, FormatConfig(max_length=MAX_LENGTH), load_tokenizer(ModelConfig(name_or_path=tokenizer_dir))
 
 
-def kit(parquet: str, tokenizer_dir: str) -> dict[str, float]:
+def kit(parquet: str, tokenizer_dir: str) -> dict[str, Any]:
     """The kit's preparation, as a run does it."""
     from ..data import load_examples
     from ..prep.masks import encode_examples
+    from ..train.hardware import resident_mb
 
     data, fmt, tokenizer = _setup(parquet, tokenizer_dir)
-    baseline = _rss_mb("VmRSS")
+    baseline = resident_mb()
     started = time.perf_counter()
     examples, report = load_examples(data, tags=fmt.tag_strings)
     rows = encode_examples(examples, tokenizer, fmt, True, report)
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "peak_mb": _rss_mb("VmHWM"), "baseline_mb": baseline, "rows": len(rows),
+    return {"seconds": seconds, **_memory(baseline), "rows": len(rows),
             "tokens": sum(len(row.input_ids) for row in rows)}
 
 
-def floor(parquet: str, tokenizer_dir: str, batch: int = 256) -> dict[str, float]:
+def floor(parquet: str, tokenizer_dir: str, batch: int = 256) -> dict[str, Any]:
     """The tokenizer alone on the same rendered texts (rendered before the clock starts)."""
     import pyarrow.parquet as pq
 
     from ..data.example import Example
     from ..prep.render import render
+    from ..train.hardware import resident_mb
 
     _, fmt, tokenizer = _setup(parquet, tokenizer_dir)
     table = pq.read_table(parquet).to_pydict()
     texts = [render(Example(p, s, a), fmt, True).text
              for p, s, a in zip(table["problem"], table["solution"], table["answer"], strict=True)]
     del table
-    baseline = _rss_mb("VmRSS")
+    baseline = resident_mb()
     started = time.perf_counter()
     tokens = 0
     for start in range(0, len(texts), batch):
         encoded = tokenizer(texts[start:start + batch], add_special_tokens=False, return_offsets_mapping=True)
         tokens += sum(len(ids) for ids in encoded["input_ids"])
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "peak_mb": _rss_mb("VmHWM"), "baseline_mb": baseline, "rows": len(texts),
-            "tokens": tokens}
+    return {"seconds": seconds, **_memory(baseline), "rows": len(texts), "tokens": tokens}
 
 
-def in_fresh_process(function: Any, *args: Any) -> dict[str, float]:
+def in_fresh_process(function: Any, *args: Any) -> dict[str, Any]:
     """Run `function(*args)` in a process of its own, so each peak is its own."""
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
@@ -144,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     kit_figures, floor_figures = results["kit"], results["floor"]
     results["kit/floor"] = {key: kit_figures[key] / floor_figures[key] for key in ("seconds", "peak_mb")}
     for name, figures in results.items():
-        print(name, " ".join(f"{key} {value:,.2f}" for key, value in figures.items()))
+        print(name, " ".join(f"{key} {value:,.2f}" for key, value in figures.items() if value is not None))
     print(json.dumps(results))
 
 

@@ -66,13 +66,27 @@ def peak_memory() -> dict[str, Any]:
     return {"peak_memory_mb": round(_peak_rss_bytes() / 2**20, 1), "memory_kind": "process_peak_rss"}
 
 
+def resident_mb() -> float | None:
+    """The process's resident set now, in MB (Linux; None elsewhere)."""
+    found = _proc_status_bytes("VmRSS")
+    return None if found is None else round(found / 2**20, 1)
+
+
 def _peak_rss_bytes() -> int:
+    found = _proc_status_bytes("VmHWM")
+    if found is not None:
+        return found
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024  # bytes on macOS, KiB on Linux
+
+
+def _proc_status_bytes(field: str) -> int | None:
+    """A memory figure of /proc/self/status (Linux), in bytes."""
     try:
         with open("/proc/self/status") as status:
             for line in status:
-                if line.startswith("VmHWM:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) * 1024  # kB
     except OSError:
         pass
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024  # bytes on macOS, KiB on Linux
+    return None
