@@ -81,7 +81,7 @@ class _LabelledCrossEntropy(torch.autograd.Function):
             chunk = slice(start, start + chunk_tokens)
             with torch.enable_grad():
                 part = states[chunk].detach().requires_grad_(grad_states is not None)
-                loss = F.cross_entropy(head(part).float(), wanted[chunk], reduction="sum")  # [n, vocab] -> []
+                loss = F.cross_entropy(project(head, part).float(), wanted[chunk], reduction="sum")  # [n, vocab] -> []
                 inputs = ([part] if grad_states is not None else []) + [params[i] for i in wrt]
                 grads = list(torch.autograd.grad(loss, inputs)) if inputs else []
             total += loss.detach()
@@ -100,6 +100,14 @@ class _LabelledCrossEntropy(torch.autograd.Function):
         return grads[0], None, None, None, *grads[1:]
 
 
+def project(head: torch.nn.Module, states: torch.Tensor) -> torch.Tensor:
+    """`head(states)` in the head's dtype. Under mixed precision the model's outputs, hidden
+    states included, come back in fp32 (accelerate converts them) while a 16-bit head stays
+    16-bit; the model's own forward would have run the head in 16 bits too."""
+    weight = head.weight
+    return head(states.to(weight.dtype) if weight.is_floating_point() else states)
+
+
 @torch.no_grad()
 def projects_like_the_model(model: Any, batch: dict[str, torch.Tensor], head: torch.nn.Module) -> bool:
     """Whether projecting the last hidden states through `head` gives the model's own logits
@@ -108,7 +116,7 @@ def projects_like_the_model(model: Any, batch: dict[str, torch.Tensor], head: to
     device = next(model.parameters()).device
     inputs = {key: batch[key][:1, :16].to(device) for key in ("input_ids", "attention_mask")}
     outputs = model(**inputs, output_hidden_states=True)
-    projected = head(outputs.hidden_states[-1]).float()
+    projected = project(head, outputs.hidden_states[-1]).float()
     return torch.allclose(projected, outputs.logits.float(), rtol=1e-3, atol=1e-3)
 
 
@@ -136,7 +144,7 @@ def log_probs_at(model: Any, batch: dict[str, torch.Tensor], keep: torch.Tensor,
     head = model.get_output_embeddings()
     step = tokens_per_chunk(head.weight.shape[0])
     for start in range(0, len(states), step):
-        yield F.log_softmax(head(states[start:start + step]).float(), dim=-1)  # [c, vocab]
+        yield F.log_softmax(project(head, states[start:start + step]).float(), dim=-1)  # [c, vocab]
 
 
 @torch.no_grad()
