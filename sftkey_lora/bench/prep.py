@@ -68,9 +68,9 @@ def write_parquet(rows: dict[str, list[str]], path: Path) -> Path:
 
 def _memory(baseline: float | None) -> dict[str, float | None]:
     """Peak resident memory of this process, and what was resident when the clock started."""
-    from ..train.hardware import peak_memory
+    from ..train.hardware import process_peak_mb
 
-    return {"peak_mb": peak_memory()["peak_memory_mb"], "baseline_mb": baseline}
+    return {"peak_mb": process_peak_mb(), "baseline_mb": baseline}
 
 
 def _setup(parquet: str, tokenizer_dir: str) -> tuple[Any, Any, Any]:

@@ -1,30 +1,58 @@
+"""How much memory a step used: the peak on the device the step ran on (the GPU's allocator, or
+the process's resident set on a CPU), reset between steps, and the resident set now."""
+
+import gc
 import sys
 
 import pytest
+import torch
 
 from sftkey_lora.train.hardware import peak_memory, reset_peak_memory
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+on_linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="read from /proc on Linux")
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the peak is reset through /proc on Linux")
+
+def block(mb: int) -> torch.Tensor:
+    """`mb` MB on the device, every page written (so resident on a CPU)."""
+    return torch.ones(mb * 2**18, dtype=torch.float32, device=DEVICE)
+
+
+@on_linux
 def test_each_stage_reports_its_own_peak_memory() -> None:
-    block = bytearray(400 * 2**20)
-    block[:: 4096] = b"\x01" * len(block[:: 4096])  # touch every page, so it is resident
+    held = block(400)
     with_block = peak_memory()["peak_memory_mb"]
-    del block
+    del held
     reset_peak_memory()
     after = peak_memory()["peak_memory_mb"]
     assert with_block >= 400
     assert after < with_block - 300
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="read from /proc on Linux")
+@on_linux
+def test_a_new_peak_starts_without_what_only_a_reference_cycle_still_held() -> None:
+    """A finished stage's model can stay alive in reference cycles (the Trainer's); the next
+    step's peak must not start above it."""
+    gc.disable()
+    try:
+        cycle: list = [block(400)]
+        cycle.append(cycle)
+        with_cycle = peak_memory()["peak_memory_mb"]
+        del cycle  # unreachable now, but freed only by a collection
+        reset_peak_memory()
+        assert peak_memory()["peak_memory_mb"] < with_cycle - 300
+    finally:
+        gc.enable()
+
+
+@on_linux
 def test_resident_memory_follows_what_is_held() -> None:
     from sftkey_lora.train.hardware import resident_mb
 
     before = resident_mb()
-    block = bytearray(200 * 2**20)
-    block[:: 4096] = b"\x01" * len(block[:: 4096])
-    held = resident_mb()
-    assert held - before > 150 and held <= peak_memory()["peak_memory_mb"]
-    del block
-    assert resident_mb() < held - 150
+    held = bytearray(200 * 2**20)
+    held[:: 4096] = b"\x01" * len(held[:: 4096])
+    with_block = resident_mb()
+    assert with_block - before > 150
+    del held
+    assert resident_mb() < with_block - 150
