@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from sftkey_lora.recipe import ModelConfig
 from sftkey_lora.rundir.outcomes import Change, MergeOutcome, StageOutcome
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,3 +68,16 @@ def holdout_batches(recipe, segments: bool = False) -> list[dict]:
     rows = encode_examples(examples, tokenizer, recipe.format, True, report)
     _, holdout = split_holdout(rows, recipe.data.holdout, recipe.stage("stage1").training.seed)
     return list(batches(holdout, 8, Collator(pad_id(tokenizer), "full", with_segments=segments)))
+
+
+def model_on_cpu(cfg: ModelConfig, vocab_size: int) -> Any:
+    """The model as the kit loads it, but on the CPU in fp32 on any machine: the tests of the
+    loss arithmetic compare at fp32 precision, which a GPU's TF32 matrix products would not."""
+    import pytest
+    import torch
+
+    from sftkey_lora.train.loading import load_model
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.cuda, "is_available", lambda: False)
+        return load_model(cfg, "fp32", vocab_size=vocab_size)

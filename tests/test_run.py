@@ -16,6 +16,7 @@ import torch
 from sftkey_lora.errors import UserError
 from sftkey_lora.recipe import load_recipe
 from sftkey_lora.run import run_recipe
+from sftkey_lora.train.hardware import resolve_precision
 from sftkey_lora.train.loading import load_model, run_tokenizer
 from sftkey_lora.train.merge import mean_kl
 from sftkey_lora.train.plan import plan_tokenizer
@@ -91,15 +92,16 @@ def test_merged_model_matches_the_stage1_model_within_the_recorded_kl(small_run)
     run_dir = record.run_dir
     tokenizer, _ = run_tokenizer(plan_tokenizer(recipe))
     probe = holdout_batches(recipe)
-    stage1 = load_model(recipe.model, "fp32", vocab_size=len(tokenizer))
+    precision = resolve_precision(recipe.training.precision)  # as the merge loaded them
+    stage1 = load_model(recipe.model, precision, vocab_size=len(tokenizer))
     stage1 = PeftModel.from_pretrained(stage1, str(run_dir / "stage1")).eval()
     merged_cfg = recipe.model.model_copy(update={"name_or_path": str(run_dir / "stage1-merged")})
-    merged = load_model(merged_cfg, "fp32", vocab_size=len(tokenizer)).eval()
+    merged = load_model(merged_cfg, precision, vocab_size=len(tokenizer)).eval()
     merge = record.data["steps"]["merge"]
     kl = mean_kl(stage1, merged, probe)
     assert kl == pytest.approx(merge["kl"][merge["base"]], rel=1e-3)
     assert kl < 0.05
-    base = load_model(recipe.model, "fp32", vocab_size=len(tokenizer)).eval()
+    base = load_model(recipe.model, precision, vocab_size=len(tokenizer)).eval()
     assert mean_kl(stage1, base, probe) > 10 * kl  # the adapter did change the model
 
 

@@ -11,6 +11,8 @@ import os
 from functools import cache
 from typing import Any
 
+from ..errors import UserError
+
 
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -21,8 +23,24 @@ def _state() -> Any:
     import torch
     from accelerate import PartialState
 
+    check_one_gpu_per_process()
     # Without `cpu`, processes on a machine without a GPU would each think they are alone.
     return PartialState(cpu=not torch.cuda.is_available())
+
+
+def check_one_gpu_per_process() -> None:
+    """Each process of a machine takes the GPU of its local rank: more processes than GPUs is
+    a launch mistake, named here before CUDA fails with "invalid device ordinal"."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    gpus, local = torch.cuda.device_count(), int(os.environ.get("LOCAL_RANK", "0"))
+    if local >= gpus:
+        per_node = os.environ.get("LOCAL_WORLD_SIZE", str(local + 1))
+        raise UserError(f"{per_node} processes were started on this machine, which has {gpus} GPU(s): "
+                        f"start at most {gpus} (torchrun --nproc_per_node, accelerate launch "
+                        "--num_processes)")
 
 
 def is_main() -> bool:

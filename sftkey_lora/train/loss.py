@@ -81,7 +81,8 @@ class _LabelledCrossEntropy(torch.autograd.Function):
             chunk = slice(start, start + chunk_tokens)
             with torch.enable_grad():
                 part = states[chunk].detach().requires_grad_(grad_states is not None)
-                loss = F.cross_entropy(project(head, part).float(), wanted[chunk], reduction="sum")  # [n, vocab] -> []
+                logits = project(head, part).float()  # [n, vocab]
+                loss = F.cross_entropy(logits, wanted[chunk], reduction="sum")
                 inputs = ([part] if grad_states is not None else []) + [params[i] for i in wrt]
                 grads = list(torch.autograd.grad(loss, inputs)) if inputs else []
             total += loss.detach()

@@ -13,8 +13,8 @@ from sftkey_lora.data.synthetic import synthetic_split
 from sftkey_lora.prep.collate import Collator, pad_id
 from sftkey_lora.prep.masks import IGNORE, encode_examples
 from sftkey_lora.recipe import FormatConfig, ModelConfig
-from sftkey_lora.train.loading import load_model
 from sftkey_lora.train.loss import LabelledLogitsLoss, causal_lm_loss
+from tests.support import model_on_cpu
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def rows(tiny_tokenizer):
 
 @pytest.fixture(scope="module")
 def model(tiny_tokenizer):
-    return load_model(ModelConfig(quantization="none"), "fp32", vocab_size=len(tiny_tokenizer))
+    return model_on_cpu(ModelConfig(quantization="none"), len(tiny_tokenizer))
 
 
 def test_a_packed_batch_is_one_row_with_positions_per_example(tiny_tokenizer, rows) -> None:

@@ -18,6 +18,7 @@ FULL = ROOT / "recipes" / "quickstart-full.yaml"
 SHORT = ["data.synthetic.n_train=72", "data.holdout=8", "format.system_prompt=",
          "training.logging_steps=2", "training.save_steps=100", "stages.stage1.training.max_steps=6",
          "stages.stage2.training.max_steps=4", "eval.tasks=[]",
+         "training.precision=fp32",  # as on the CPU, also where the single process has a GPU
          "training.shuffle=false"]  # in order: each step sees the same 8 examples either way
 
 
@@ -30,7 +31,8 @@ def heldout_key_losses(run: dict, stage: str) -> list[float]:
 def test_two_processes_follow_the_single_process_loss_curve(tmp_path) -> None:
     single = run_recipe(load_recipe(FULL, SHORT + ["training.batch_size=8"]), tmp_path / "one",
                         say=lambda _: None).data
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    # Both processes on the CPU (gloo) on any machine, as the single one is with fp32.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "sftkey_lora", "run", str(FULL), "--output", str(tmp_path / "two"),
                *[f"--set={item}" for item in SHORT + ["training.batch_size=4"]]]
@@ -58,3 +60,19 @@ def test_sharded_training_is_recognised(monkeypatch) -> None:
     assert not sharded()
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     assert sharded()
+
+
+def test_more_processes_than_gpus_is_a_launch_mistake(monkeypatch) -> None:
+    import torch
+
+    from sftkey_lora.errors import UserError
+    from sftkey_lora.train.distributed import check_one_gpu_per_process
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    check_one_gpu_per_process()  # the first process has its GPU
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(UserError, match="2 processes were started on this machine, which has 1 GPU"):
+        check_one_gpu_per_process()

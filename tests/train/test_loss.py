@@ -14,7 +14,6 @@ from sftkey_lora.prep.collate import Collator, pad_id
 from sftkey_lora.prep.masks import IGNORE, encode_examples
 from sftkey_lora.prep.render import Segment
 from sftkey_lora.recipe import FormatConfig, LoraSection, ModelConfig, TrainingConfig
-from sftkey_lora.train.loading import load_model
 from sftkey_lora.train.lora import attach_lora
 from sftkey_lora.train.loss import (
     CHUNK_LOGITS,
@@ -24,6 +23,7 @@ from sftkey_lora.train.loss import (
     segment_losses,
 )
 from sftkey_lora.train.plan import training_arguments
+from tests.support import model_on_cpu
 
 SHORT = FormatConfig(system_prompt="")  # short sequences keep these tests fast
 
@@ -41,7 +41,7 @@ def rows(tiny_tokenizer):
 def lora_model(tokenizer, quantized: bool):
     torch.manual_seed(0)
     cfg = ModelConfig(quantization="nf4" if quantized else "none")
-    model = load_model(cfg, "fp32", vocab_size=len(tokenizer))
+    model = model_on_cpu(cfg, len(tokenizer))
     return attach_lora(model, LoraSection(r=4, dropout=0.0), gradient_checkpointing=False)
 
 

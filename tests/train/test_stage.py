@@ -60,8 +60,8 @@ def test_a_stage_resumes_from_its_last_whole_checkpoint(tmp_path) -> None:
     assert again.log_history[: len(logged) + 1] == first.log_history[: len(logged) + 1]  # kept as it was
 
 
-@pytest.mark.parametrize("setting", [["training.mode=full", "model.quantization=none"], ["model.quantization=nf4"]],
-                         ids=["full", "4-bit with tag rows"])
+@pytest.mark.parametrize("setting", [["training.mode=full", "model.quantization=none"],
+                                     ["model.quantization=nf4"]], ids=["full", "4-bit with tag rows"])
 def test_mixed_precision_projects_hidden_states_handed_back_in_fp32(tmp_path, setting: list[str]) -> None:
     """Under bf16 mixed precision (a GPU's default) accelerate hands the model's outputs back
     in fp32 while a 16-bit head stays 16-bit: the loss and the probe still project them."""

@@ -20,7 +20,10 @@ from tests.support import QUICKSTART
 UNSLOTH = ["--set", "model.backend=unsloth", "--set", "format.tags=text"]  # no added tag rows
 
 
-def test_without_cuda_run_exits_2_before_anything_is_written(tmp_path: Path, capsys) -> None:
+def test_without_cuda_run_exits_2_before_anything_is_written(tmp_path: Path, capsys, monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on any machine without a GPU
     out = tmp_path / "run"
     assert main(["run", str(QUICKSTART), *UNSLOTH, "--output", str(out)]) == 2
     err = capsys.readouterr().err
