@@ -53,7 +53,8 @@ def inspect_recipe(recipe: Recipe) -> Inspection:
     strategy = STRATEGIES[recipe.strategy]
     tokenizer, _ = run_tokenizer(plan_tokenizer(recipe))
     examples, report = load_examples(recipe.data, tags=recipe.format.tag_strings)
-    encoded = encode_examples(examples, tokenizer, recipe.format, strategy.tagged, report)
+    encoded = encode_examples(examples, tokenizer, recipe.format, strategy.tagged, report,
+                              cache=recipe.data.cache)
     return Inspection(recipe, strategy, tokenizer, encoded, report)
 
 
@@ -99,7 +100,8 @@ def _legend(inspection: Inspection, colour: bool) -> str:
 def _token_stream(tokenizer: Any, encoded: Encoded, stages: tuple[StageSpec, ...], colour: bool) -> str:
     mark_key = any(stage.labels == "key" for stage in stages)
     parts, previous = [], None
-    for token, segment, key in zip(encoded.input_ids, encoded.segments, encoded.in_key, strict=True):
+    for token, code, key in zip(encoded.input_ids.tolist(), encoded.segments, encoded.in_key, strict=True):
+        segment = Segment(code)
         text = tokenizer.decode([token], skip_special_tokens=False,
                                 clean_up_tokenization_spaces=False).replace("\n", "⏎\n")
         if not colour and segment != previous:

@@ -78,6 +78,9 @@ class DataConfig(_Section):
     # How a raw `response` (jsonl source) is split into thinking and answer; first match wins.
     segmentation: list[SegmentationRule] = ["gsm8k", "answer_is", "boxed", "last_line"]
     synthetic: SyntheticConfig = SyntheticConfig()
+    # Keep encoded rows on disk ($SFTKEY_LORA_CACHE) so a rerun, inspect or another strategy
+    # with the same tokenizer and format does not encode them again.
+    cache: bool = True
 
     _path_exists = field_validator("path")(lambda value: _existing_file(value))
 

@@ -87,7 +87,8 @@ class _Execution:
     def data(self) -> tuple[list[Encoded], list[Encoded]]:
         """(train, holdout): encoded examples, `data.holdout` of them held out."""
         examples, report = load_examples(self.recipe.data, tags=self.recipe.format.tag_strings)
-        rows = encode_examples(examples, self.tokenizer[0], self.recipe.format, self.plan.tagged, report)
+        rows = encode_examples(examples, self.tokenizer[0], self.recipe.format, self.plan.tagged, report,
+                               cache=self.recipe.data.cache)
         held = self.recipe.data.holdout
         if len(rows) <= held:
             raise UserError(f"data.holdout: {held} held-out examples leave none of the {len(rows)} usable "

@@ -7,7 +7,10 @@ test session and shared by every test that only reads what it wrote.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -15,6 +18,9 @@ from tests.support import QUICKSTART, SMALL, SMALL_EVAL, quiet
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
+# Encoded rows are cached in a folder of this session's own, never the user's.
+os.environ["SFTKEY_LORA_CACHE"] = tempfile.mkdtemp(prefix="sftkey-lora-cache-")
+atexit.register(shutil.rmtree, os.environ["SFTKEY_LORA_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -98,8 +98,8 @@ def _trainer(contender: str, model: Any, args: dict[str, Any], train: list, toke
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
 
-        data = Dataset.from_list([{"input_ids": row.input_ids,
-                                   "completion_mask": [int(keep) for keep in row.mask(labels)]}
+        data = Dataset.from_list([{"input_ids": row.input_ids.tolist(),
+                                   "completion_mask": row.mask(labels).astype(int).tolist()}
                                   for row in train])
         config = SFTConfig(**args, completion_only_loss=True, max_length=None, packing=False)
         return SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer)

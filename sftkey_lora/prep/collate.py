@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..strategies import LabelKind
@@ -41,16 +42,17 @@ class Collator:
             # The first token of every example is prompt, never a label: nothing is lost to the
             # separator the flattening collator puts there.
             batch = DataCollatorWithFlattening(separator_id=IGNORE)(
-                [{"input_ids": row.input_ids, "labels": row.labels(self.labels)} for row in rows])
+                [{"input_ids": row.input_ids.tolist(), "labels": row.labels(self.labels).tolist()}
+                 for row in rows])
         else:
             width = max(len(row.input_ids) for row in rows)
             batch = {
                 "input_ids": _padded([row.input_ids for row in rows], width, self.pad_id),
-                "attention_mask": _padded([[1] * len(row.input_ids) for row in rows], width, 0),
+                "attention_mask": _padded([np.ones(len(row.input_ids), np.int64) for row in rows], width, 0),
                 "labels": _padded([row.labels(self.labels) for row in rows], width, IGNORE),
             }
         if self.with_segments:
-            thinking = [[s == Segment.THINKING for s in row.segments] for row in rows]
+            thinking = [row.segments == Segment.THINKING for row in rows]
             batch["is_thinking"] = _padded(thinking, width, False)
             batch["is_key"] = _padded([row.in_key for row in rows], width, False)
         if self.hidden_only:
@@ -59,8 +61,13 @@ class Collator:
         return batch
 
 
-def _padded(rows: list[list], width: int, fill: int | bool) -> torch.Tensor:
-    return torch.tensor([row + [fill] * (width - len(row)) for row in rows])
+def _padded(rows: Sequence[np.ndarray], width: int, fill: int | bool) -> torch.Tensor:
+    """Rows of one dtype (ids and labels int64, flags bool), right-padded to `width`."""
+    dtype = np.bool_ if isinstance(fill, bool) else np.int64
+    out = np.full((len(rows), width), fill, dtype=dtype)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = row
+    return torch.from_numpy(out)
 
 
 def pad_id(tokenizer: object) -> int:

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from itertools import accumulate
+
+import numpy as np
 
 from ..data import Example
 from ..errors import UserError
@@ -25,9 +28,16 @@ class Segment(IntEnum):
 @dataclass(frozen=True)
 class Rendered:
     text: str
-    char_segments: tuple[Segment, ...]  # one per character of `text`
+    # The segments in order, each with the end (exclusive) of its characters in `text`.
+    pieces: tuple[tuple[int, Segment], ...]
     response_start: int  # first character of the response (stage `full` loss)
     key_start: int  # first character after the thinking close tag (stage `key` loss, Eq. 4)
+
+    def segments_at(self, chars: np.ndarray) -> np.ndarray:
+        """The segment (int8) of each character index in `chars`."""
+        ends = np.fromiter((end for end, _ in self.pieces), dtype=np.int64, count=len(self.pieces))
+        kinds = np.fromiter((segment for _, segment in self.pieces), dtype=np.int8, count=len(self.pieces))
+        return kinds[np.searchsorted(ends, chars, side="right")]
 
 
 def render_prompt(prompt: str, fmt: FormatConfig, tokenizer: object | None = None) -> str:
@@ -70,6 +80,6 @@ def render(
         ]
         key_piece = 2
     text = "".join(piece for piece, _ in pieces)
-    segments = tuple(seg for piece, seg in pieces for _ in piece)
-    key_start = sum(len(piece) for piece, _ in pieces[:key_piece])
-    return Rendered(text, segments, response_start=len(prompt), key_start=key_start)
+    ends = list(accumulate(len(piece) for piece, _ in pieces))
+    spans = tuple((end, segment) for end, (piece, segment) in zip(ends, pieces, strict=True) if piece)
+    return Rendered(text, spans, response_start=len(prompt), key_start=ends[key_piece - 1])

@@ -42,7 +42,7 @@ def test_a_packed_batch_is_one_row_with_positions_per_example(tiny_tokenizer, ro
 def test_attention_stays_inside_each_example(tiny_tokenizer, rows, model) -> None:
     collate = Collator(pad_id(tiny_tokenizer), "full", packed=True)
     first = len(rows[0].input_ids)
-    changed = dataclasses.replace(rows[0], input_ids=[(i + 7) % 500 for i in rows[0].input_ids])
+    changed = dataclasses.replace(rows[0], input_ids=(rows[0].input_ids + 7) % 500)
 
     def later_logits(batch: dict) -> torch.Tensor:
         with torch.no_grad():

@@ -1,5 +1,6 @@
 """Masks from character spans: property tests on arbitrary text for two tokenizer families."""
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -42,7 +43,7 @@ def check_spans(tokenizer, prompt: str, thinking: str, answer: str, tagged: bool
     for kind, boundary in (("full", rendered.response_start), ("key", rendered.key_start)):
         mask = encoded.in_response if kind == "full" else encoded.in_key
         # The loss tokens are one suffix of the sequence, ending with the eos.
-        first = mask.index(True)
+        first = list(mask).index(True)
         assert all(mask[first:]) and not any(mask[:first])
         assert encoded.input_ids[-1] == tokenizer.eos_token_id
         start, end = offsets[first - len(special_prefix(tokenizer))]
@@ -127,7 +128,7 @@ def test_added_tag_tokens_are_single_and_never_special() -> None:
     assert tokenizer.convert_ids_to_tokens(ids) == list(PAPER_TAGS.all)
     example = Example("q", "think", "7")
     encoded = encode(render(example, fmt, True), tokenizer, [], example)
-    pieces = [tokenizer.convert_ids_to_tokens(t) for t in encoded.input_ids]
+    pieces = tokenizer.convert_ids_to_tokens(encoded.input_ids.tolist())
     for tag in PAPER_TAGS.all:
         assert pieces.count(tag) == 1
     assert decoded_loss(tokenizer, encoded, "key") == "<Answer>7</Answer><|endoftext|>"
@@ -152,3 +153,27 @@ def test_chat_template_mode_masks_only_the_response(tiny_tokenizer) -> None:
         "<Thinking>2 + 3 = 5.</Thinking><Answer>5</Answer><|endoftext|>")
     with pytest.raises(UserError, match="no chat template"):
         render(example, fmt, True, tiny_tokenizer)
+
+
+@pytest.mark.parametrize("name", ["qwen2.5", "llama-3"])
+def test_a_batch_encodes_each_example_as_it_would_alone(real_tokenizers, name: str) -> None:
+    """`encode_all` tokenizes a batch at a time: every row equals the example encoded alone,
+    across batch boundaries and for examples of very different lengths."""
+    import dataclasses
+
+    from sftkey_lora.prep import masks
+
+    tokenizer = real_tokenizers[name]
+    fmt = FormatConfig()
+    examples = [Example(f"What is {n} + {n}?", "Add them. " * (1 + n * 7 % 40), str(2 * n), id=str(n))
+                for n in range(7)]
+    prefix = special_prefix(tokenizer)
+    alone = [encode(render(example, fmt, True), tokenizer, prefix, example) for example in examples]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(masks, "BATCH", 3)  # three batches, the last one short
+        batched = list(masks.encode_all(examples, tokenizer, fmt, tagged=True))
+    assert len(batched) == len(alone)
+    for one, other in zip(alone, batched, strict=True):
+        for field in dataclasses.fields(one):
+            a, b = getattr(one, field.name), getattr(other, field.name)
+            assert (a == b).all() if isinstance(a, np.ndarray) else a == b, field.name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from sftkey_lora.data import Example
@@ -17,7 +18,8 @@ EXAMPLE = Example(prompt="What is 2 + 3?", thinking="2 + 3 = 5.", answer="5")
 def spans(rendered) -> list[tuple[Segment, str]]:
     """The text as consecutive (segment, piece) runs."""
     runs: list[tuple[Segment, str]] = []
-    for char, segment in zip(rendered.text, rendered.char_segments, strict=True):
+    segments = rendered.segments_at(np.arange(len(rendered.text)))
+    for char, segment in zip(rendered.text, map(Segment, segments), strict=True):
         if runs and runs[-1][0] == segment:
             runs[-1] = (segment, runs[-1][1] + char)
         else:

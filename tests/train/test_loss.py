@@ -185,8 +185,8 @@ def test_which_labels_carry_gradient(tiny_tokenizer, rows, labels, segment, chan
     adapter gradients on a 4-bit base, as in training."""
     model = lora_model(tiny_tokenizer, quantized=True)
     row = rows[0]
-    position = row.segments.index(segment)
-    perturbed_ids = list(row.input_ids)
+    position = list(row.segments).index(segment)
+    perturbed_ids = row.input_ids.copy()
     perturbed_ids[position] = (perturbed_ids[position] + 1) % len(tiny_tokenizer)
     collate = Collator(pad_id(tiny_tokenizer), labels)
     batch = collate([row])
