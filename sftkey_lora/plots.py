@@ -27,7 +27,7 @@ def plot_stage_losses(history: list[dict[str, Any]], stage: str, path: Path) -> 
 
 
 def plot_metric_bars(results: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
-    """acc, fmt and score side by side: per task (and their average), a bar per row label
+    """acc, fmt, fmt_tags and score side by side: per task (and their average), a bar per row label
     (one run, or one strategy of a comparison)."""
     plt = _pyplot()
     metrics = METRICS
@@ -79,10 +79,11 @@ def task_columns(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
 
 
 def cell(metrics: dict[str, dict[str, float]], column: str, metric: str) -> float:
-    """One task's figure, or for `average` the mean over the row's tasks."""
+    """One task's figure, or for `average` the mean over the row's tasks; NaN where it was not
+    measured (a metric older evaluations did not report)."""
     if column != "average":
         return metrics.get(column, {}).get(metric, float("nan"))
-    values = [values[metric] for values in metrics.values() if "tasks" not in values]
+    values = [values.get(metric, float("nan")) for values in metrics.values() if "tasks" not in values]
     return sum(values) / len(values) if values else float("nan")
 
 

@@ -121,7 +121,7 @@ def test_run_ends_with_evaluation(small_run) -> None:
     run_dir = record.run_dir
     metrics = json.loads((run_dir / "metrics.json").read_text())
     task = metrics["sftkey_synthetic"]
-    assert task["n"] == 4 and {"acc", "fmt", "score"} <= set(task)
+    assert task["n"] == 4 and {"acc", "fmt", "fmt_tags", "score"} <= set(task)
     assert task["score"] == pytest.approx(0.7 * task["acc"] + 0.3 * task["fmt"])
     samples = (run_dir / "samples" / "sftkey_synthetic.jsonl").read_text().splitlines()
     assert len(samples) == 4

@@ -144,9 +144,15 @@ def main(argv: list[str] | None = None) -> None:
     parquet = str(write_parquet(openr1_rows(args.rows), args.workdir / f"openr1-shaped-{args.rows}.parquet"))
     cache = args.workdir / "cache"
     shutil.rmtree(cache, ignore_errors=True)
+    before = os.environ.get("SFTKEY_LORA_CACHE")
     os.environ["SFTKEY_LORA_CACHE"] = str(cache)  # the fresh processes inherit it
-    results = {name: in_fresh_process(function, parquet, args.tokenizer)
-               for name, function in (("floor", floor), ("kit", kit), ("rerun", kit))}
+    try:
+        results = {name: in_fresh_process(function, parquet, args.tokenizer)
+                   for name, function in (("floor", floor), ("kit", kit), ("rerun", kit))}
+    finally:
+        os.environ.pop("SFTKEY_LORA_CACHE")
+        if before is not None:
+            os.environ["SFTKEY_LORA_CACHE"] = before
     for name in ("kit", "rerun"):
         results[f"{name}/floor"] = {key: results[name][key] / results["floor"][key]
                                     for key in ("seconds", "peak_mb")}

@@ -8,6 +8,8 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ..data.example import Example
 from ..prep.masks import Encoded
 from ..prep.render import Segment
@@ -85,10 +87,8 @@ def rows(workload: Workload, count: int) -> list[Encoded]:
     """Rows of exactly `seq_len` random ids: prompt, thinking, then `key_tokens` of key."""
     rng = random.Random(workload.seed)
     think = workload.seq_len - workload.prompt_tokens - workload.key_tokens
-    segments = ([Segment.PROMPT] * workload.prompt_tokens + [Segment.THINKING] * think
-                + [Segment.ANSWER] * workload.key_tokens)
-    in_response = [s != Segment.PROMPT for s in segments]
-    in_key = [s == Segment.ANSWER for s in segments]
+    segments = np.array([Segment.PROMPT] * workload.prompt_tokens + [Segment.THINKING] * think
+                        + [Segment.ANSWER] * workload.key_tokens, np.int8)
     example = Example(prompt="", thinking="", answer="")
-    return [Encoded(example, [rng.randrange(2, workload.vocab_size) for _ in segments], segments,
-                    in_response, in_key) for _ in range(count)]
+    return [Encoded(example, np.array([rng.randrange(2, workload.vocab_size) for _ in segments], np.int32),
+                    segments, segments != Segment.PROMPT, segments == Segment.ANSWER) for _ in range(count)]

@@ -37,7 +37,8 @@ def results_table(results: Results, metric: str, baseline: str | None = None) ->
 def metric_titles(alpha: float) -> tuple[tuple[str, str], ...]:
     """(metric, section title) in the order reports show them: the score first."""
     return (("score", f"Score = {alpha:g}·acc + {1 - alpha:g}·fmt"), ("acc", "Accuracy"),
-            ("fmt", "Format adherence"))
+            ("fmt", "Format adherence (the format each model was trained on)"),
+            ("fmt_tags", "Tag format (strict, whatever the training)"))
 
 
 def write_run_report(out: RunLayout, label: str, metrics: dict[str, dict[str, Any]], described: str,

@@ -30,6 +30,7 @@ from ..prep.render import render_prompt
 from ..recipe import DataConfig, EvalConfig, FormatConfig, ModelConfig, Recipe, load_recipe, validate_recipe
 from ..rundir.layout import RunLayout
 from ..rundir.record import is_run, recorded_recipe
+from ..strategies import STRATEGIES
 from ..tags import Tags
 from .metrics import Grade, grade, score
 
@@ -71,6 +72,7 @@ def build_docs(task: str, metadata: dict[str, Any]) -> dict[str, Any]:
         "prompt": render_prompt(example.prompt, fmt, tokenizer), "reference": example.answer,
         "kind": spec.answer or metadata.get("answer_kind") or infer_kind(example.answer),
         "labels": list(example.labels), "alpha": alpha, "tags": list(fmt.tag_strings.all),
+        "separator": untagged_separator(recipe),
     } for example in examples]
     return {"test": datasets.Dataset.from_list(docs)}
 
@@ -78,14 +80,24 @@ def build_docs(task: str, metadata: dict[str, Any]) -> dict[str, Any]:
 def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
     """lm-eval's per-sample metrics; each is averaged over the task."""
     graded = grade_document(doc, results[0])
-    return {"acc": float(graded.acc), "fmt": float(graded.fmt),
+    return {"acc": float(graded.acc), "fmt": float(graded.fmt), "fmt_tags": float(graded.fmt_tags),
             "score": score(graded.acc, graded.fmt, doc["alpha"])}
 
 
 def grade_document(doc: dict[str, Any], output: str) -> Grade:
-    """Grade one output against a document built by `build_docs`, in the run's tag strings."""
+    """Grade one output against a document built by `build_docs`, in the run's tag strings
+    and the format its strategy trains."""
     tags = Tags(**dict(zip(Tags.model_fields, doc["tags"], strict=True)))
-    return grade(output, doc["reference"], doc["kind"], tuple(doc["labels"]), tags)
+    return grade(output, doc["reference"], doc["kind"], tuple(doc["labels"]), tags,
+                 separator=doc.get("separator") or None)
+
+
+def untagged_separator(recipe: Recipe | None) -> str:
+    """The separator an untagged (`sft`) run's model writes before its answer; "" when the
+    model was trained on tags, or when no run names its strategy (the tag format is judged)."""
+    if recipe is None or STRATEGIES[recipe.strategy].tagged:
+        return ""
+    return recipe.format.untagged_separator
 
 
 def infer_kind(reference: str) -> AnswerKind:

@@ -23,9 +23,11 @@ def test_rows_are_openr1_math_rows_of_realistic_length(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_the_command_prints_both_measurements(tmp_path, capsys) -> None:
+def test_the_command_prints_every_measurement(tmp_path, capsys) -> None:
     main(["--rows", "30", "--workdir", str(tmp_path)])
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert figures["kit"]["rows"] == figures["floor"]["rows"] == 30
     assert figures["kit"]["tokens"] == figures["floor"]["tokens"] + 30  # the appended eos
     assert figures["kit/floor"]["seconds"] > 0
+    assert figures["rerun"]["tokens"] == figures["kit"]["tokens"]  # read back from the cache
+    assert (tmp_path / "cache").is_dir() and len(list((tmp_path / "cache").iterdir())) == 1

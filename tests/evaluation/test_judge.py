@@ -116,7 +116,7 @@ def test_judge_verdicts_replace_the_exact_check_where_given(judge_url, monkeypat
              ("q2", "8 exactly", "<Thinking>x</Thinking><Answer>7 or 8</Answer>"),  # judge: no
              ("SLOW", "7", "<Thinking>x</Thinking><Answer>7</Answer>")]  # no verdict: exact check stays
     records = [{"doc": {**doc, "question": q, "reference": ref}, "resps": [[out]], "acc": 1.0, "fmt": 1.0,
-                "score": 1.0} for q, ref, out in cases]
+                "fmt_tags": 1.0, "score": 1.0} for q, ref, out in cases]
     messages: list[str] = []
     rows, metrics = grade_samples(records, EvalConfig(judge=config(judge_url)), messages.append)
     assert [row["judge"] for row in rows] == [True, False, None]
@@ -143,10 +143,10 @@ def test_other_replies_are_unparseable(reply: str) -> None:
 def test_groups_average_their_tasks_equally() -> None:
     from sftkey_lora.evaluation.harness import group_means
 
-    metrics = {"sftkey_a": {"acc": 1.0, "fmt": 0.0, "score": 0.7, "n": 10},
-               "sftkey_b": {"acc": 0.5, "fmt": 1.0, "score": 0.65, "n": 1000}}
+    metrics = {"sftkey_a": {"acc": 1.0, "fmt": 0.0, "fmt_tags": 0.0, "score": 0.7, "n": 10},
+               "sftkey_b": {"acc": 0.5, "fmt": 1.0, "fmt_tags": 1.0, "score": 0.65, "n": 1000}}
     groups = group_means(metrics, {"sftkey": ["sftkey_a", "sftkey_b"], "sftkey_a": [], "other": ["sftkey_c"]})
-    assert groups == {"sftkey": {"acc": 0.75, "fmt": 0.5, "score": pytest.approx(0.675),
+    assert groups == {"sftkey": {"acc": 0.75, "fmt": 0.5, "fmt_tags": 0.5, "score": pytest.approx(0.675),
                                  "tasks": ["sftkey_a", "sftkey_b"]}}
 
 

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from sftkey_lora.evaluation.metrics import answer_part, follows_format, grade, normalize_text
+from sftkey_lora.evaluation.metrics import (
+    answer_part,
+    follows_format,
+    follows_untagged,
+    grade,
+    normalize_text,
+)
 from sftkey_lora.evaluation.tasks import infer_kind, process_results
+from sftkey_lora.recipe import FormatConfig
 from sftkey_lora.tags import PAPER_TAGS
 from tests.support import think_tags
 
@@ -104,9 +111,38 @@ def test_format_and_answer_in_model_native_tags() -> None:
 def test_score_weighs_accuracy_by_alpha(alpha: float) -> None:
     doc = {"reference": "7", "kind": "math", "labels": [], "alpha": alpha, "tags": list(PAPER_TAGS.all)}
     broken = process_results(doc, ["<Thinking>3 + 4 = 7.</Thinking><Answer>7"])
-    assert broken == {"acc": 1.0, "fmt": 0.0, "score": pytest.approx(alpha)}
+    assert broken == {"acc": 1.0, "fmt": 0.0, "fmt_tags": 0.0, "score": pytest.approx(alpha)}
     wrong = process_results(doc, ["<Thinking>x</Thinking><Answer>8</Answer>"])
-    assert wrong == {"acc": 0.0, "fmt": 1.0, "score": pytest.approx(1 - alpha)}
+    assert wrong == {"acc": 0.0, "fmt": 1.0, "fmt_tags": 1.0, "score": pytest.approx(1 - alpha)}
+
+
+SEPARATOR = FormatConfig().untagged_separator  # "\nThe answer is "
+
+
+@pytest.mark.parametrize(("output", "expected"), [
+    ("3 + 4 = 7.\nThe answer is 7", True),
+    ("  3 + 4 = 7.\nThe answer is 7.\n", True),  # surrounding space, a full stop
+    ("\nThe answer is 7", False),  # no reasoning
+    ("3 + 4 = 7.\nThe answer is ", False),  # no answer
+    ("3 + 4 = 7.\nThe answer is 7\nAnd some more thinking.", False),  # something after the answer
+    ("3 + 4 = 7.\nThe answer is 7\nThe answer is 8", False),  # two answers
+    ("The sum is 7.", False),  # no separator
+    ("<Thinking>3 + 4 = 7.</Thinking>\nThe answer is 7", False),  # a tag in an untagged output
+])
+def test_the_untagged_layout_sft_trains(output: str, expected: bool) -> None:
+    assert follows_untagged(output, SEPARATOR) is expected
+
+
+def test_an_untagged_model_is_judged_on_its_own_format_and_fmt_tags_on_the_tags() -> None:
+    doc = {"reference": "7", "kind": "math", "labels": [], "alpha": 0.7, "tags": list(PAPER_TAGS.all),
+           "separator": SEPARATOR}
+    own = process_results(doc, ["3 + 4 = 7, not 8.\nThe answer is 7"])
+    assert own == {"acc": 1.0, "fmt": 1.0, "fmt_tags": 0.0, "score": pytest.approx(1.0)}
+    tagged = process_results(doc, ["<Thinking>3 + 4</Thinking><Answer>7</Answer>"])
+    assert tagged == {"acc": 1.0, "fmt": 0.0, "fmt_tags": 1.0, "score": pytest.approx(0.7)}
+    # The answer is read after the separator, not as the last number of the whole output.
+    assert grade("It is 7.\nThe answer is 7 (not 8)", "7", "math", separator=SEPARATOR).acc is False
+    assert grade("It is 8.\nThe answer is 7", "7", "math", separator=SEPARATOR).acc is True
 
 
 @pytest.mark.parametrize("reference, kind", [

@@ -69,7 +69,7 @@ def test_every_task_runs_on_a_three_row_file(task: str, tiny_lm) -> None:
     out = simple_evaluate(model=tiny_lm, tasks=[task], task_manager=manager, limit=3,
                           gen_kwargs={"max_gen_toks": 16}, log_samples=True)
     metrics = out["results"][task]
-    for name in ("acc", "fmt", "score"):
+    for name in ("acc", "fmt", "fmt_tags", "score"):
         assert 0.0 <= metrics[f"{name},none"] <= 1.0
     samples = out["samples"][task]
     assert len(samples) == 3
@@ -115,6 +115,19 @@ def test_prompts_follow_the_run_recipe_found_beside_the_model(tmp_path) -> None:
     default = build_docs("sftkey_synthetic", {})["test"][0]
     assert doc["question"] != default["question"]  # the run's own synthetic test split
     assert doc["alpha"] == 0.5
+
+
+@pytest.mark.parametrize(("strategy", "separator"), [("sft", "\nThe answer is "), ("sft_tag", ""),
+                                                     ("sftkey_tag", ""), (None, "")])
+def test_documents_name_the_format_the_run_was_trained_on(tmp_path, strategy, separator) -> None:
+    """An `sft` run's model is judged on its untagged layout; tagged runs, and models outside a
+    run, on the tags."""
+    metadata = {}
+    if strategy:
+        recorded = {"recipe": Recipe(strategy=strategy).model_dump(mode="json"), "steps": {}}
+        (tmp_path / "run.json").write_text(json.dumps(recorded))
+        metadata = {"pretrained": str(tmp_path / "stage1-merged")}
+    assert build_docs("sftkey_synthetic", metadata)["test"][0]["separator"] == separator
 
 
 def test_chat_template_prompts_come_from_the_model_tokenizer(tmp_path) -> None:
