@@ -2,9 +2,10 @@
 
 Every strategy gets its own run directory under the comparison's output (so an
 interrupted comparison resumes where it stopped) and the same settings but `strategy`.
-The comparison is written in the paper's form: acc, fmt and score per task and on
+The comparison is written in the paper's form: acc, fmt, fmt_tags and score per task and on
 average, relative change against `sft` (Table 1), and the held-out key-token loss of every
-strategy through training (Figure 3).
+strategy through training (Figure 3); beside it, the paired differences on the same test
+items with their significance (`evaluation.significance`), and `comparison.json` for scripts.
 """
 
 from __future__ import annotations
@@ -12,21 +13,25 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from .errors import UserError
 from .evaluation.report import metric_titles, results_table
+from .evaluation.significance import LEVEL, Pair, compare_samples, pairs_table, read_samples
 from .plots import plot_key_loss_curves, plot_metric_bars
 from .recipe import Recipe
 from .run import run_recipe
-from .rundir.files import write_text_atomic
+from .rundir.files import write_json_atomic, write_text_atomic
 from .rundir.layout import EVAL_STEP, CompareLayout
 from .rundir.outcomes import EvalOutcome, StageOutcome
 from .rundir.record import RunRecord
-from .strategies import BASELINE, STAGE_NAMES, STRATEGIES
+from .strategies import BASELINE, METHOD, METHOD_STAGE1, STAGE_NAMES, STRATEGIES
 
 COMPARED = tuple(STRATEGIES)  # every strategy, the baseline first
+# Every strategy against the baseline, and the method against its stage 1 alone (stage 2's effect).
+PAIRS = [(name, BASELINE) for name in COMPARED if name != BASELINE] + [(METHOD, METHOD_STAGE1)]
 
 
 def compare(recipe: Recipe, out_dir: Path, fresh: bool = False,
@@ -48,7 +53,9 @@ def compare(recipe: Recipe, out_dir: Path, fresh: bool = False,
     plot_metric_bars(results, layout.bars_plot)
     plot_key_loss_curves({name: key_loss_history(record) for name, record in records.items()},
                          layout.key_loss_plot)
-    report = comparison_markdown(recipe, results, records, seconds, layout)
+    pairs = paired_comparisons(records, results)
+    report = comparison_markdown(recipe, results, records, seconds, layout, pairs)
+    write_json_atomic(layout.json_file, {"strategies": results, "pairs": [asdict(pair) for pair in pairs]})
     write_text_atomic(layout.report_file, report)
     say(report)
     return results
@@ -59,6 +66,16 @@ def _metrics(record: RunRecord) -> dict[str, Any]:
     if outcome is None:
         raise UserError(f"{record.layout.root}: not evaluated; run the comparison again")
     return outcome.metrics
+
+
+def paired_comparisons(records: dict[str, RunRecord], results: dict[str, dict[str, Any]]) -> list[Pair]:
+    """Each pair of `PAIRS` on each task, from the two runs' per-sample records."""
+    tasks = [task for task, values in results[BASELINE].items() if "tasks" not in values]  # not groups
+    def samples(name: str, task: str) -> list[dict[str, Any]]:
+        return read_samples(records[name].layout.samples_file(task))
+
+    return [compare_samples(a, b, task, samples(a, task), samples(b, task))
+            for a, b in PAIRS for task in tasks]
 
 
 def key_loss_history(record: RunRecord) -> list[tuple[int, float]]:
@@ -74,12 +91,16 @@ def key_loss_history(record: RunRecord) -> list[tuple[int, float]]:
 
 
 def comparison_markdown(recipe: Recipe, results: dict[str, dict[str, Any]], records: dict[str, RunRecord],
-                        seconds: dict[str, float], layout: CompareLayout) -> str:
+                        seconds: dict[str, float], layout: CompareLayout, pairs: list[Pair]) -> str:
     parts = [f"# {recipe.name}: strategies compared", "",
              f"Each strategy trained with the recipe's settings on `{recipe.model.name_or_path}` and "
              f"evaluated greedily. Relative change against `{BASELINE}` in parentheses.", ""]
     for metric, title in metric_titles(recipe.eval.alpha):
         parts += [f"## {title}", "", results_table(results, metric, BASELINE), ""]
+    parts += ["## Paired differences", "",
+              f"On the same test items: exact McNemar p-value on acc, paired-bootstrap 95% intervals; "
+              f"the verdict is on acc at p < {LEVEL}. `{METHOD}` − `{METHOD_STAGE1}` is stage 2's effect.",
+              "", pairs_table(pairs), ""]
     parts += ["## Held-out key-token loss", "",
               "Key tokens follow `</Thinking>`; for the untagged `sft`, the separator and the answer.",
               "", "| | start | end | this command's wall time |",

@@ -31,6 +31,10 @@ STRATEGIES: dict[str, StrategySpec] = {
 }
 BASELINE = "sft"  # what every other strategy is compared against
 METHOD = "sftkey_tag"  # the paper's two-stage method
+# The strategy that is the method's stage 1 alone: the method against it is stage 2's effect.
+_METHOD = STRATEGIES[METHOD]
+METHOD_STAGE1 = next(name for name, spec in STRATEGIES.items()
+                     if (spec.tagged, spec.stages) == (_METHOD.tagged, _METHOD.stages[:1]))
 # Every stage name any strategy uses, in order of first use.
 STAGE_NAMES: tuple[str, ...] = tuple(dict.fromkeys(
     stage.name for spec in STRATEGIES.values() for stage in spec.stages))

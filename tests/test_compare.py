@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sftkey_lora.compare import COMPARED, key_loss_history
+from sftkey_lora.compare import COMPARED, PAIRS, key_loss_history
 from sftkey_lora.evaluation.report import results_table
 from sftkey_lora.recipe import Recipe
 from sftkey_lora.rundir.layout import RunLayout
@@ -54,6 +54,15 @@ def test_compare_runs_every_strategy_and_writes_the_comparison(cli, tmp_path) ->
         assert f"| {strategy} |" in report
     assert (out / "comparison.png").stat().st_size > 1000 and (out / "key_loss.png").stat().st_size > 1000
     assert "sftkey_tag" in err and "| sft |" in err  # the table is printed too
+    figures = json.loads((out / "comparison.json").read_text())
+    assert set(figures["strategies"]) == set(COMPARED)
+    assert [(pair["a"], pair["b"]) for pair in figures["pairs"]] == PAIRS  # one task
+    assert PAIRS[-1] == ("sftkey_tag", "sft_tag")  # stage 2's own effect
+    for pair in figures["pairs"]:
+        assert set(pair) == {"a", "b", "task", "n", "delta_acc", "delta_score", "p_mcnemar", "ci_acc",
+                             "ci_score", "verdict"}
+        assert 0 <= pair["p_mcnemar"] <= 1 and pair["ci_acc"][0] <= pair["delta_acc"] <= pair["ci_acc"][1]
+        assert f"| {pair['a']} − {pair['b']} | synthetic |" in report
 
 
 

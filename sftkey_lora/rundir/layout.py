@@ -101,6 +101,11 @@ class CompareLayout:
         return self.root / "comparison.md"
 
     @property
+    def json_file(self) -> Path:
+        """The comparison's figures for scripts: every strategy's metrics and the pairs."""
+        return self.root / "comparison.json"
+
+    @property
     def bars_plot(self) -> Path:
         return self.root / "comparison.png"
 
