@@ -23,6 +23,7 @@ from ..rundir.files import replace_dir, write_json_atomic
 from ..rundir.layout import RunLayout, temporary
 from .judge import Case, check_reachable, judge_all
 from .metrics import METRICS, score
+from .significance import combined_error, standard_error
 from .tasks import grade_document
 
 # ./eval_tasks of a checkout, else the copy a wheel installs under <prefix>/share.
@@ -80,7 +81,12 @@ def evaluate(model: Any, tokenizer: Any, tasks: list[str], cfg: EvalConfig, meta
 def group_means(metrics: dict[str, Any], groups: dict[str, list[str]]) -> dict[str, Any]:
     """Each group's acc, fmt and score: the mean over its tasks, each weighing the same (as the
     paper's averages), computed after the judge so that its verdicts count."""
+    def error(task: str, name: str) -> float:
+        return metrics[task].get(f"{name}_se", float("nan"))
+
     return {group: {**{name: statistics.fmean(metrics[task][name] for task in tasks) for name in METRICS},
+                    **{f"{name}_se": combined_error([error(task, name) for task in tasks])
+                       for name in METRICS},
                     "tasks": list(tasks)}
             for group, tasks in groups.items() if tasks and all(task in metrics for task in tasks)}
 
@@ -107,6 +113,7 @@ def grade_samples(records: list[dict[str, Any]], cfg: EvalConfig,
                 row["acc"] = float(verdict)
                 row["score"] = score(row["acc"], row["fmt"], cfg.alpha)
     means = {name: statistics.fmean(row[name] for row in rows) if rows else 0.0 for name in METRICS}
+    means.update({f"{name}_se": standard_error([row[name] for row in rows]) for name in METRICS})
     means["acc_exact"] = statistics.fmean(row["acc_exact"] for row in rows) if rows else 0.0
     return rows, {**means, "n": len(rows), "alpha": cfg.alpha, **({"judge": judged} if judged else {})}
 

@@ -24,7 +24,8 @@ def results_table(results: Results, metric: str, baseline: str | None = None) ->
         cells = []
         for column in columns:
             value = cell(metrics, column, metric)
-            text = f"{value:.3f}"
+            error = standard_error_of(metrics, column, metric)
+            text = f"{value:.3f}" + (f" ± {error:.3f}" if error == error else "")
             if baseline is not None and label != baseline:
                 base = cell(results[baseline], column, metric)
                 if base == base and base != 0 and value == value:  # both measured (not NaN)
@@ -32,6 +33,18 @@ def results_table(results: Results, metric: str, baseline: str | None = None) ->
             cells.append(text)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def standard_error_of(metrics: dict[str, dict[str, Any]], column: str, metric: str) -> float:
+    """A cell's standard error: the task's, or for `average` that of the mean over the tasks;
+    NaN where the evaluation did not record it."""
+    from .significance import combined_error
+
+    key = f"{metric}_se"
+    if column != "average":
+        return metrics.get(column, {}).get(key, float("nan"))
+    tasks = [values for values in metrics.values() if "tasks" not in values]
+    return combined_error([values.get(key, float("nan")) for values in tasks])
 
 
 def metric_titles(alpha: float) -> tuple[tuple[str, str], ...]:

@@ -37,6 +37,16 @@ class Pair:
     verdict: str  # better / worse / no significant difference (on acc, at LEVEL)
 
 
+def standard_error(values: list[float]) -> float:
+    """Of a mean over test items: the sample standard deviation over √n (0 below two items)."""
+    return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+
+
+def combined_error(errors: list[float]) -> float:
+    """Of the mean of k independent means (tasks weighing the same): √(Σ se²) / k."""
+    return float(np.sqrt(np.sum(np.square(errors))) / len(errors)) if errors else float("nan")
+
+
 def mcnemar_exact(a: np.ndarray, b: np.ndarray) -> float:
     """Two-sided exact McNemar p-value of paired right/wrong outcomes: under no difference,
     the items only `a` gets right are Binomial(discordant items, 1/2)."""

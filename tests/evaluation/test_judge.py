@@ -4,6 +4,7 @@ the harness folds verdicts and groups into the metrics."""
 from __future__ import annotations
 
 import json
+import statistics
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -123,6 +124,7 @@ def test_judge_verdicts_replace_the_exact_check_where_given(judge_url, monkeypat
     assert [row["acc"] for row in rows] == [1.0, 0.0, 1.0]
     assert metrics["acc"] == pytest.approx(2 / 3) and metrics["acc_exact"] == pytest.approx(1.0)
     assert metrics["score"] == pytest.approx(0.7 * 2 / 3 + 0.3)
+    assert metrics["acc_se"] == pytest.approx(statistics.stdev([1.0, 0.0, 1.0]) / 3 ** 0.5)
     assert metrics["judge"]["timeout"] == 1 and "1 of 3 samples without a verdict" in messages[0]
     assert SECRET not in json.dumps(rows) + json.dumps(metrics)
 
@@ -143,11 +145,18 @@ def test_other_replies_are_unparseable(reply: str) -> None:
 def test_groups_average_their_tasks_equally() -> None:
     from sftkey_lora.evaluation.harness import group_means
 
-    metrics = {"sftkey_a": {"acc": 1.0, "fmt": 0.0, "fmt_tags": 0.0, "score": 0.7, "n": 10},
-               "sftkey_b": {"acc": 0.5, "fmt": 1.0, "fmt_tags": 1.0, "score": 0.65, "n": 1000}}
+    errors = {"a": 0.3, "b": 0.4}
+    names = ("acc", "fmt", "fmt_tags", "score")
+    metrics = {f"sftkey_{t}": {**{f"{name}_se": errors[t] for name in names}, **m}
+               for t, m in (("a", {"acc": 1.0, "fmt": 0.0, "fmt_tags": 0.0, "score": 0.7, "n": 10}),
+                            ("b", {"acc": 0.5, "fmt": 1.0, "fmt_tags": 1.0, "score": 0.65, "n": 1000}))}
     groups = group_means(metrics, {"sftkey": ["sftkey_a", "sftkey_b"], "sftkey_a": [], "other": ["sftkey_c"]})
-    assert groups == {"sftkey": {"acc": 0.75, "fmt": 0.5, "fmt_tags": 0.5, "score": pytest.approx(0.675),
-                                 "tasks": ["sftkey_a", "sftkey_b"]}}
+    assert list(groups) == ["sftkey"]
+    group = groups["sftkey"]
+    assert {name: group[name] for name in ("acc", "fmt", "fmt_tags", "tasks")} == {
+        "acc": 0.75, "fmt": 0.5, "fmt_tags": 0.5, "tasks": ["sftkey_a", "sftkey_b"]}
+    assert group["score"] == pytest.approx(0.675)
+    assert group["acc_se"] == pytest.approx(0.25)  # of the mean of two tasks: √(0.3² + 0.4²) / 2
 
 
 @pytest.mark.slow

@@ -25,5 +25,9 @@ def test_the_report_gives_the_score_with_the_recipes_alpha(tmp_path) -> None:
     text = out.report_file.read_text()
     assert "## Score = 0.5·acc + 0.5·fmt" in text
     assert "| mine | 0.750 | 0.500 | 0.625 |" in text  # per task, then the average
+    with_errors = {"sftkey_a": {**metrics["sftkey_a"], "score_se": 0.3},
+                   "sftkey_b": {**metrics["sftkey_b"], "score_se": 0.4}}
+    write_run_report(out, "mine", with_errors, "Model: x.", alpha=0.5)
+    assert "| mine | 0.750 ± 0.300 | 0.500 ± 0.400 | 0.625 ± 0.250 |" in out.report_file.read_text()
     assert "Per task: sftkey_a n=4, sftkey_b n=2" in text and "stage1  complete" in text
     assert out.eval_plot.stat().st_size > 1000 and "![eval_metrics.png](plots/eval_metrics.png)" in text
