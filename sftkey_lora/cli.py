@@ -68,6 +68,16 @@ def _eval_parsers(commands: argparse._SubParsersAction) -> None:
                             help="directory of the four runs and the comparison "
                                  "(default: adapters/<recipe name>-compare)")
     comparison.add_argument("--fresh", action="store_true", help="start every strategy's run over")
+    comparison.add_argument("--seeds", type=_seed_list, default=None, metavar="0,1,2",
+                            help="train every strategy once per seed (each run in seed-N/); the report "
+                                 "gives means over the seeds and tests pooled over them "
+                                 "(default: one run, the recipe's training.seed)")
+
+    significance = commands.add_parser("significance", help="paired differences of two evaluations on the "
+                                       "same test items (McNemar p-value, bootstrap intervals, verdict)")
+    significance.add_argument("a", type=Path, help="a run directory or an `eval` output directory")
+    significance.add_argument("b", type=Path, help="the one to compare it against (differences are a − b)")
+    significance.add_argument("--json", action="store_true", help="print a JSON list of the pairs")
 
     evaluate = commands.add_parser("eval", help="evaluate a run (or any model) on the sftkey_* lm-eval tasks")
     evaluate.add_argument("target", help="a run directory, or a model (hub id, directory, builtin:tiny)")
@@ -182,11 +192,31 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
     recipe = load_recipe(args.recipe, args.overrides)
     output = args.output or Path("adapters") / f"{recipe.name or args.recipe.stem}-compare"
-    compare(recipe, output, args.fresh)
+    compare(recipe, output, args.fresh, args.seeds)
+
+
+def cmd_significance(args: argparse.Namespace) -> None:
+    from dataclasses import asdict
+
+    from .evaluation.significance import compare_evaluations, pairs_table
+
+    pairs = compare_evaluations(args.a, args.b)
+    print(json.dumps([asdict(pair) for pair in pairs], indent=2) if args.json else pairs_table(pairs))
 
 
 def _task_list(text: str) -> list[str]:
     return [task.strip() for task in text.split(",") if task.strip()]
+
+
+def _seed_list(text: str) -> list[int]:
+    """Distinct non-negative whole numbers, comma-separated."""
+    try:
+        seeds = [int(seed) for seed in _task_list(text)]
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"distinct whole numbers, e.g. 0,1,2 (got {text!r})")
+    return seeds
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -238,6 +268,7 @@ def cmd_build_tiny(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"inspect": cmd_inspect, "run": cmd_run, "eval": cmd_eval, "compare": cmd_compare,
+            "significance": cmd_significance,
             "bench": cmd_bench, "tasks-dir": cmd_tasks_dir, "build-tiny": cmd_build_tiny}
 
 

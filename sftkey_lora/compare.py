@@ -19,7 +19,7 @@ from typing import Any
 
 from .errors import UserError
 from .evaluation.report import metric_titles, results_table
-from .evaluation.significance import LEVEL, Pair, compare_samples, pairs_table, read_samples
+from .evaluation.significance import LEVEL, Pair, compare_samples, pairs_table, pooled_metrics, read_samples
 from .plots import plot_key_loss_curves, plot_metric_bars
 from .recipe import Recipe
 from .run import run_recipe
@@ -34,48 +34,57 @@ COMPARED = tuple(STRATEGIES)  # every strategy, the baseline first
 PAIRS = [(name, BASELINE) for name in COMPARED if name != BASELINE] + [(METHOD, METHOD_STAGE1)]
 
 
-def compare(recipe: Recipe, out_dir: Path, fresh: bool = False,
+def compare(recipe: Recipe, out_dir: Path, fresh: bool = False, seeds: list[int] | None = None,
             say: Callable[[str], None] = lambda text: print(text, file=sys.stderr)) -> dict[str, Any]:
-    """Run every strategy (skipping what is already complete) and write the comparison."""
+    """Run every strategy (once per seed, where `seeds` are given; skipping what is already
+    complete) and write the comparison."""
     if not recipe.eval_tasks():
         raise UserError("eval.tasks: a comparison is made of evaluations; give the tasks to evaluate on "
                         "(and eval.path for a jsonl source)")
     layout = CompareLayout(out_dir)
-    records: dict[str, RunRecord] = {}
-    seconds: dict[str, float] = {}
-    for strategy in COMPARED:
-        say(f"== {strategy}")
-        started = time.perf_counter()
-        records[strategy] = run_recipe(recipe.model_copy(update={"strategy": strategy}),
-                                       layout.run(strategy).root, fresh=fresh, say=say)
-        seconds[strategy] = time.perf_counter() - started
-    results = {name: _metrics(record) for name, record in records.items()}
+    records: dict[str, list[RunRecord]] = {name: [] for name in COMPARED}
+    seconds = dict.fromkeys(COMPARED, 0.0)
+    for seed in seeds or [None]:
+        seeded = recipe if seed is None else recipe.with_seed(seed)
+        for strategy in COMPARED:
+            say(f"== {strategy}" + ("" if seed is None else f", seed {seed}"))
+            started = time.perf_counter()
+            records[strategy].append(run_recipe(seeded.model_copy(update={"strategy": strategy}),
+                                                layout.run(strategy, seed).root, fresh=fresh, say=say))
+            seconds[strategy] += time.perf_counter() - started
+    samples = {name: {task: [read_samples(record.layout.samples_file(task)) for record in runs]
+                      for task in _tasks(runs[0])} for name, runs in records.items()}
+    results = {name: {task: pooled_metrics(task, name, runs) for task, runs in by_task.items()}
+               for name, by_task in samples.items()}
+    curves = {name: mean_curve([key_loss_history(record) for record in runs])
+              for name, runs in records.items()}
+    pairs = [compare_samples(a, b, task, samples[a][task], samples[b][task])
+             for a, b in PAIRS for task in samples[BASELINE]]
     plot_metric_bars(results, layout.bars_plot)
-    plot_key_loss_curves({name: key_loss_history(record) for name, record in records.items()},
-                         layout.key_loss_plot)
-    pairs = paired_comparisons(records, results)
-    report = comparison_markdown(recipe, results, records, seconds, layout, pairs)
-    write_json_atomic(layout.json_file, {"strategies": results, "pairs": [asdict(pair) for pair in pairs]})
+    plot_key_loss_curves(curves, layout.key_loss_plot)
+    report = comparison_markdown(recipe, results, curves, seconds, layout, pairs, seeds)
+    write_json_atomic(layout.json_file, {"seeds": seeds or [recipe.training.seed], "strategies": results,
+                                         "pairs": [asdict(pair) for pair in pairs]})
     write_text_atomic(layout.report_file, report)
     say(report)
     return results
 
 
-def _metrics(record: RunRecord) -> dict[str, Any]:
+def _tasks(record: RunRecord) -> list[str]:
+    """The tasks a run was evaluated on (groups left out: their average is the tasks' mean)."""
     outcome = record.outcome(EVAL_STEP, EvalOutcome)
     if outcome is None:
         raise UserError(f"{record.layout.root}: not evaluated; run the comparison again")
-    return outcome.metrics
+    return [task for task, values in outcome.metrics.items() if "tasks" not in values]
 
 
-def paired_comparisons(records: dict[str, RunRecord], results: dict[str, dict[str, Any]]) -> list[Pair]:
-    """Each pair of `PAIRS` on each task, from the two runs' per-sample records."""
-    tasks = [task for task, values in results[BASELINE].items() if "tasks" not in values]  # not groups
-    def samples(name: str, task: str) -> list[dict[str, Any]]:
-        return read_samples(records[name].layout.samples_file(task))
-
-    return [compare_samples(a, b, task, samples(a, task), samples(b, task))
-            for a, b in PAIRS for task in tasks]
+def mean_curve(curves: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
+    """The seeds' held-out key-loss curves averaged step by step (they log at the same steps);
+    the first seed's alone where they do not."""
+    steps = [[step for step, _ in curve] for curve in curves]
+    if any(found != steps[0] for found in steps):
+        return curves[0]
+    return [(step, sum(curve[i][1] for curve in curves) / len(curves)) for i, step in enumerate(steps[0])]
 
 
 def key_loss_history(record: RunRecord) -> list[tuple[int, float]]:
@@ -90,23 +99,28 @@ def key_loss_history(record: RunRecord) -> list[tuple[int, float]]:
     return points
 
 
-def comparison_markdown(recipe: Recipe, results: dict[str, dict[str, Any]], records: dict[str, RunRecord],
-                        seconds: dict[str, float], layout: CompareLayout, pairs: list[Pair]) -> str:
+def comparison_markdown(recipe: Recipe, results: dict[str, dict[str, Any]],
+                        curves: dict[str, list[tuple[int, float]]], seconds: dict[str, float],
+                        layout: CompareLayout, pairs: list[Pair], seeds: list[int] | None) -> str:
+    over = (f"Each figure is the mean over {len(seeds)} training seeds ({', '.join(map(str, seeds))}) "
+            "± its standard error over the test items, and [sd] its standard deviation over the seeds."
+            if seeds else "Each figure ± its standard error over the test items.")
     parts = [f"# {recipe.name}: strategies compared", "",
              f"Each strategy trained with the recipe's settings on `{recipe.model.name_or_path}` and "
-             f"evaluated greedily. Relative change against `{BASELINE}` in parentheses.", ""]
+             f"evaluated greedily. {over} Relative change against `{BASELINE}` in parentheses.", ""]
     for metric, title in metric_titles(recipe.eval.alpha):
         parts += [f"## {title}", "", results_table(results, metric, BASELINE), ""]
+    test = ("exact McNemar p-value on acc" if not seeds else
+            "exact sign test on acc of the per-item means over the seeds (McNemar's for one seed)")
     parts += ["## Paired differences", "",
-              f"On the same test items: exact McNemar p-value on acc, paired-bootstrap 95% intervals; "
+              f"On the same test items: {test}, paired-bootstrap 95% intervals over the items; "
               f"the verdict is on acc at p < {LEVEL}. `{METHOD}` − `{METHOD_STAGE1}` is stage 2's effect.",
               "", pairs_table(pairs), ""]
     parts += ["## Held-out key-token loss", "",
-              "Key tokens follow `</Thinking>`; for the untagged `sft`, the separator and the answer.",
-              "", "| | start | end | this command's wall time |",
-              "|---|---:|---:|---:|"]
-    for name, record in records.items():
-        history = key_loss_history(record)
+              "Key tokens follow `</Thinking>`; for the untagged `sft`, the separator and the answer."
+              + (" Means over the seeds." if seeds else ""),
+              "", "| | start | end | this command's wall time |", "|---|---:|---:|---:|"]
+    for name, history in curves.items():
         start, end = (history[0][1], history[-1][1]) if history else (float("nan"),) * 2
         parts.append(f"| {name} | {start:.3f} | {end:.3f} | {seconds[name]:.0f} s |")
     parts += ["", f"![acc, fmt and score]({layout.bars_plot.name})", "",

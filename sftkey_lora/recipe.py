@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .data.sources import SOURCES, task_name
+from .data.synthetic import SyntheticAnswer
 from .errors import UserError, first_line
 from .strategies import METHOD, STAGE_NAMES, STRATEGIES
 from .tags import PAPER_TAGS, Tags, paper_system_prompt
@@ -63,6 +64,9 @@ class SyntheticConfig(_Section):
     n_train: int = Field(2000, gt=0)
     n_test: int = Field(200, gt=0)
     seed: int = 0
+    # `number`: the final count, which the thinking already states; `letter`: the letter of
+    # the right one of four listed options, which the thinking never names (data/synthetic.py).
+    answer: SyntheticAnswer = "number"
 
 
 class DataConfig(_Section):
@@ -255,6 +259,16 @@ class Recipe(_Section):
         if SOURCES[self.data.source].test_split is None and self.eval.path is None:
             return []
         return [task_name(self.data.source)]
+
+    def with_seed(self, seed: int) -> Recipe:
+        """The recipe with every stage seeded by `seed` (adapter initialisation, data order and
+        the held-out draw); the data, its test split included, stay as they are."""
+        def seeded(training: TrainingConfig) -> TrainingConfig:
+            return training.model_copy(update={"seed": seed})
+
+        stages = {name: stage.model_copy(update={"training": seeded(stage.training)})
+                  for name, stage in self.stages.items()}
+        return self.model_copy(update={"training": seeded(self.training), "stages": stages})
 
     def stage(self, name: str) -> StageConfig:
         """The resolved settings of one stage."""

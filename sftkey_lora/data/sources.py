@@ -85,13 +85,14 @@ class SourceSpec:
     row: Callable[[dict[str, Any], DataConfig], Example] | None
     hub: tuple[str, str | None] | None  # (dataset id, config name); None: never on the hub
     test_split: str | None  # the split its lm-eval task reads; None: a local file only
-    answer: AnswerKind | None  # how answers compare; None: inferred from each reference
+    answer: AnswerKind | None  # how answers compare; None: from each example (choice where it
+    # has option letters, else as the reference reads)
 
 
 # OpenR1-Math-220k and CoT-Collection have only a train split: their last 500 rows are the
 # test set, apart from the first rows the shipped recipes train on (`data.limit`).
 SOURCES: dict[str, SourceSpec] = {
-    "synthetic": SourceSpec(None, None, "test", "math"),
+    "synthetic": SourceSpec(None, None, "test", None),  # numbers, or option letters
     "jsonl": SourceSpec(jsonl_row, None, None, None),
     "gsm8k": SourceSpec(gsm8k_row, ("openai/gsm8k", "main"), "test", "math"),
     "openbookqa": SourceSpec(openbookqa_row, ("allenai/openbookqa", "additional"), "test", "choice"),
@@ -118,7 +119,7 @@ def load_examples(cfg: DataConfig, split: str | None = None,
         if split not in ("train", "test"):
             raise UserError(f"data.split: the synthetic source has `train` and `test`, not {split!r}")
         s = cfg.synthetic
-        examples = synthetic_split(split, s.n_train, s.n_test, s.seed)[: cfg.limit]
+        examples = synthetic_split(split, s.n_train, s.n_test, s.seed, s.answer)[: cfg.limit]
         report.rows_read = report.used = len(examples)
         return examples, report
     examples = []

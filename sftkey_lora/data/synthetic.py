@@ -1,8 +1,14 @@
 """Built-in offline task: multi-step arithmetic word problems with a worked solution.
 
 Each problem starts with a count and applies two to four operations; the thinking
-walks through every step with its arithmetic, the answer is the final number. So the
-chain of thought is many times longer than the answer, as in the paper's datasets.
+walks through every step with its arithmetic. So the chain of thought is many times
+longer than the answer, as in the paper's datasets. Two kinds of answer:
+
+- `number`: the final count, which the thinking's last sentence already states (the
+  answer is a copy: once the thinking is learned, little is left to learn in the answer);
+- `letter`: the question lists four options (the final count among counts the problem
+  passes through and near misses) and the answer is the right option's letter, which the
+  thinking never names: the answer is a lookup of its own, as in multiple-choice data.
 """
 
 from __future__ import annotations
@@ -10,8 +16,12 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 from .example import Example
+
+SyntheticAnswer = Literal["number", "letter"]
+LETTERS = ("A", "B", "C", "D")
 
 NAMES = [
     ("Tom", "he"), ("Ann", "she"), ("Ravi", "he"), ("Mei", "she"), ("Omar", "he"),
@@ -101,47 +111,76 @@ def _share(rng: random.Random, s: _State) -> tuple[str, str] | None:
 STEPS = [_buy, _give, _groups, _double, _share]
 
 
-def make_problem(rng: random.Random) -> Example:
+def make_problem(rng: random.Random, answer: SyntheticAnswer = "number") -> Example:
     name, pronoun = rng.choice(NAMES)
     state = _State(name, pronoun, rng.choice(ITEMS), rng.randint(2, 30))
     question = [f"{name} has {state.count} {state.item}."]
     thinking = [f"{name} starts with {state.count} {state.item}."]
+    counts = [state.count]
     n_steps = rng.randint(2, 4)
     while len(question) <= n_steps:
         step = rng.choice(STEPS)(rng, state)
         if step is not None:
             question.append(step[0])
             thinking.append(step[1])
+            counts.append(state.count)
     question.append(f"How many {state.item} does {name} have now?")
     thinking.append(f"So {name} has {state.count} {state.item} in the end.")
-    return Example(prompt=" ".join(question), thinking=" ".join(thinking), answer=str(state.count))
+    prompt = " ".join(question)
+    if answer == "number":
+        return Example(prompt=prompt, thinking=" ".join(thinking), answer=str(state.count))
+    options = _options(rng, counts)
+    listed = "\n".join(f"{letter}. {value}" for letter, value in zip(LETTERS, options, strict=True))
+    return Example(prompt=f"{prompt}\n{listed}", thinking=" ".join(thinking),
+                   answer=LETTERS[options.index(state.count)], labels=LETTERS)
 
 
-def _unique_problems(stream: str, exclude: set[str] | frozenset[str] = frozenset()) -> Iterator[Example]:
+def _options(rng: random.Random, counts: list[int]) -> list[int]:
+    """The final count and three other positive numbers, shuffled: counts the problem passed
+    through first (they appear in the thinking too), then near misses of the final count."""
+    final = counts[-1]
+    wrong = list(dict.fromkeys(count for count in counts[:-1] if count != final))
+    rng.shuffle(wrong)
+    while len(wrong) < len(LETTERS) - 1:
+        miss = final + rng.choice((-1, 1)) * rng.randint(1, 10)
+        if miss > 0 and miss != final and miss not in wrong:
+            wrong.append(miss)
+    options = [final, *wrong[: len(LETTERS) - 1]]
+    rng.shuffle(options)
+    return options
+
+
+def _unique_problems(stream: str, answer: SyntheticAnswer,
+                     exclude: set[str] | frozenset[str] = frozenset()) -> Iterator[Example]:
+    """Problems of one seeded stream, none twice and none in `exclude` (by the question
+    before its options, so a test problem never reaches training with other options)."""
     rng = random.Random(stream)
     seen = set(exclude)
     while True:
-        example = make_problem(rng)
-        if example.prompt not in seen:
-            seen.add(example.prompt)
+        example = make_problem(rng, answer)
+        question = _question(example)
+        if question not in seen:
+            seen.add(question)
             yield example
 
 
-def synthetic_split(split: str, n_train: int, n_test: int, seed: int) -> list[Example]:
+def _question(example: Example) -> str:
+    return example.prompt.split("\n", 1)[0]
+
+
+def synthetic_split(split: str, n_train: int, n_test: int, seed: int,
+                    answer: SyntheticAnswer = "number") -> list[Example]:
     """Seeded splits; no test question ever appears in train (or in pre-training text)."""
-    test = _take(_unique_problems(f"{seed}-test"), n_test, "test")
+    test = _take(_unique_problems(f"{seed}-test", answer), n_test, "test")
     if split == "test":
         return test
-    held_out = {e.prompt for e in test}
-    if split == "train":
-        return _take(_unique_problems(f"{seed}-train", held_out), n_train, "train")
-    if split == "pretrain":
-        return _take(_unique_problems(f"{seed}-pretrain", held_out), n_train, "pretrain")
+    held_out = {_question(e) for e in test}
+    if split in ("train", "pretrain"):
+        return _take(_unique_problems(f"{seed}-{split}", answer, held_out), n_train, split)
     raise ValueError(f"unknown synthetic split {split!r}")
 
 
 def _take(problems: Iterator[Example], n: int, split: str) -> list[Example]:
-    out = []
-    for index, example in zip(range(n), problems, strict=False):
-        out.append(Example(example.prompt, example.thinking, example.answer, f"synthetic-{split}-{index}"))
-    return out
+    return [Example(example.prompt, example.thinking, example.answer, f"synthetic-{split}-{index}",
+                    example.labels)
+            for index, example in zip(range(n), problems, strict=False)]

@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..plots import cell, plot_metric_bars, table_columns
 from ..rundir.files import write_text_atomic
 from ..rundir.layout import RunLayout
@@ -24,8 +26,9 @@ def results_table(results: Results, metric: str, baseline: str | None = None) ->
         cells = []
         for column in columns:
             value = cell(metrics, column, metric)
-            error = standard_error_of(metrics, column, metric)
-            text = f"{value:.3f}" + (f" ± {error:.3f}" if error == error else "")
+            error, spread = standard_error_of(metrics, column, metric), seed_spread(metrics, column, metric)
+            text = (f"{value:.3f}" + (f" ± {error:.3f}" if error == error else "")
+                    + (f" [sd {spread:.3f}]" if spread == spread else ""))
             if baseline is not None and label != baseline:
                 base = cell(results[baseline], column, metric)
                 if base == base and base != 0 and value == value:  # both measured (not NaN)
@@ -45,6 +48,17 @@ def standard_error_of(metrics: dict[str, dict[str, Any]], column: str, metric: s
         return metrics.get(column, {}).get(key, float("nan"))
     tasks = [values for values in metrics.values() if "tasks" not in values]
     return combined_error([values.get(key, float("nan")) for values in tasks])
+
+
+def seed_spread(metrics: dict[str, dict[str, Any]], column: str, metric: str) -> float:
+    """A cell's standard deviation over training seeds (for `average`, of each seed's mean over
+    the tasks); NaN for one seed."""
+    tasks = [metrics.get(column, {})] if column != "average" else [
+        values for values in metrics.values() if "tasks" not in values]
+    per_seed = [values.get(f"{metric}_seeds") for values in tasks]
+    if not per_seed or any(seeds is None for seeds in per_seed):
+        return float("nan")
+    return float(np.std(np.mean(per_seed, axis=0), ddof=1))
 
 
 def metric_titles(alpha: float) -> tuple[tuple[str, str], ...]:

@@ -1,9 +1,13 @@
-"""Two models on the same test items: the paired difference in acc and score, an exact
-McNemar test on acc (only the items where exactly one of them is right carry information),
-a paired-bootstrap 95% interval of both differences, and a plain verdict.
+"""Two models on the same test items: the paired difference in acc and score, an exact test
+on acc, a paired-bootstrap 95% interval of both differences, and a plain verdict; and each
+model's figures with their uncertainty.
 
-Built on the per-sample records an evaluation writes (`samples/<task>.jsonl`), matched by
-lm-eval's `doc_id`; the statistics are scipy's.
+Each side may be several runs (one per training seed) evaluated on the same items. Every
+statistic then works on the per-item means over the seeds, so the items stay the unit
+that is resampled and tested: the exact test is the sign test of the per-item differences,
+which for one seed is McNemar's exact test (only the items where exactly one model is right
+count). Built on the per-sample records an evaluation writes (`samples/<task>.jsonl`),
+matched by lm-eval's `doc_id`; the statistics are scipy's.
 """
 
 from __future__ import annotations
@@ -16,14 +20,19 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
+from ..rundir.layout import RunLayout
+from .metrics import METRICS
 
 LEVEL = 0.05  # a difference is called significant below this p-value
 RESAMPLES = 10_000
 
 
+Runs = list[list[dict[str, Any]]]  # per seed, the per-sample records of one task
+
+
 @dataclass(frozen=True)
 class Pair:
-    """`a` against `b` on one task: differences are a − b."""
+    """`a` against `b` on one task: differences are a − b (means over seeds, where several)."""
 
     a: str
     b: str
@@ -35,9 +44,10 @@ class Pair:
     ci_acc: tuple[float, float]
     ci_score: tuple[float, float]
     verdict: str  # better / worse / no significant difference (on acc, at LEVEL)
+    seeds: int = 1
 
 
-def standard_error(values: list[float]) -> float:
+def standard_error(values: list[float] | np.ndarray) -> float:
     """Of a mean over test items: the sample standard deviation over √n (0 below two items)."""
     return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
 
@@ -47,23 +57,23 @@ def combined_error(errors: list[float]) -> float:
     return float(np.sqrt(np.sum(np.square(errors))) / len(errors)) if errors else float("nan")
 
 
-def mcnemar_exact(a: np.ndarray, b: np.ndarray) -> float:
-    """Two-sided exact McNemar p-value of paired right/wrong outcomes: under no difference,
-    the items only `a` gets right are Binomial(discordant items, 1/2)."""
+def sign_test(diff: np.ndarray) -> float:
+    """Two-sided exact p-value that per-item differences lean neither way: under no
+    difference, the items where `a` does better are Binomial(items that differ, 1/2). On
+    right/wrong outcomes of one seed this is McNemar's exact test."""
     from scipy.stats import binomtest
 
-    only_a, only_b = int(np.sum(a & ~b)), int(np.sum(b & ~a))
-    if only_a + only_b == 0:
+    ahead, behind = int(np.sum(diff > 0)), int(np.sum(diff < 0))
+    if ahead + behind == 0:
         return 1.0
-    return float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
+    return float(binomtest(ahead, ahead + behind, 0.5).pvalue)
 
 
-def paired_interval(a: np.ndarray, b: np.ndarray, resamples: int = RESAMPLES,
-                    seed: int = 0) -> tuple[float, float]:
-    """Percentile-bootstrap 95% interval of mean(a − b), resampling the items."""
+def paired_interval(diff: np.ndarray, resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap 95% interval of the mean per-item difference, resampling the items."""
     from scipy.stats import bootstrap
 
-    diff = np.asarray(a, float) - np.asarray(b, float)
+    diff = np.asarray(diff, float)
     if np.ptp(diff) == 0:  # every item differs alike: no spread to resample
         return float(diff[0]), float(diff[0])
     found = bootstrap((diff,), np.mean, n_resamples=resamples, confidence_level=0.95,
@@ -71,22 +81,74 @@ def paired_interval(a: np.ndarray, b: np.ndarray, resamples: int = RESAMPLES,
     return float(found.confidence_interval.low), float(found.confidence_interval.high)
 
 
-def compare_samples(a: str, b: str, task: str, a_rows: list[dict[str, Any]],
-                    b_rows: list[dict[str, Any]]) -> Pair:
-    """The pair from both models' per-sample records of one task."""
-    by_id = {row["doc_id"]: row for row in b_rows}
-    if sorted(by_id) != sorted(row["doc_id"] for row in a_rows) or any(
-            by_id[row["doc_id"]]["doc"]["question"] != row["doc"]["question"] for row in a_rows):
-        raise UserError(f"{task}: {a} and {b} were not evaluated on the same test items")
-    matched = [(row, by_id[row["doc_id"]]) for row in a_rows]
-    acc_a, acc_b = (np.array([pair[i]["acc"] for pair in matched]) > 0.5 for i in (0, 1))
-    score_a, score_b = (np.array([pair[i]["score"] for pair in matched], float) for i in (0, 1))
-    delta_acc = float(acc_a.mean() - acc_b.mean())
-    p = mcnemar_exact(acc_a, acc_b)
+def per_item(runs: Runs, metric: str, order: list[Any]) -> np.ndarray:
+    """[seeds, items]: one metric of every run, items in `order` (their doc_id)."""
+    return np.array([[by_id[doc_id][metric] for doc_id in order]
+                     for by_id in ({row["doc_id"]: row for row in rows} for rows in runs)], float)
+
+
+def same_items(task: str, labelled: dict[str, Runs]) -> list[Any]:
+    """The doc_ids every run was evaluated on, in the first run's order; a UserError naming the
+    runs when they differ (another test file, another limit)."""
+    questions = {label: [{row["doc_id"]: row["doc"]["question"] for row in rows} for rows in runs]
+                 for label, runs in labelled.items()}
+    first = next(iter(questions.values()))[0]
+    if any(found != first for runs in questions.values() for found in runs):
+        raise UserError(f"{task}: {' and '.join(labelled)} were not evaluated on the same test items")
+    return list(first)
+
+
+def compare_samples(a: str, b: str, task: str, a_runs: Runs, b_runs: Runs) -> Pair:
+    """The pair from both models' per-sample records of one task (one list per seed)."""
+    order = same_items(task, {a: a_runs, b: b_runs})
+    def diff(metric: str) -> np.ndarray:  # per item, of the means over the seeds
+        return per_item(a_runs, metric, order).mean(axis=0) - per_item(b_runs, metric, order).mean(axis=0)
+
+    diff_acc, diff_score = diff("acc"), diff("score")
+    delta_acc, p = float(diff_acc.mean()), sign_test(diff_acc)
     verdict = ("no significant difference" if p >= LEVEL or delta_acc == 0
                else "better" if delta_acc > 0 else "worse")
-    return Pair(a, b, task, len(matched), delta_acc, float(score_a.mean() - score_b.mean()), p,
-                paired_interval(acc_a, acc_b), paired_interval(score_a, score_b), verdict)
+    return Pair(a, b, task, len(order), delta_acc, float(diff_score.mean()), p, paired_interval(diff_acc),
+                paired_interval(diff_score), verdict, seeds=min(len(a_runs), len(b_runs)))
+
+
+def pooled_metrics(task: str, label: str, runs: Runs) -> dict[str, Any]:
+    """One model's figures on a task over its seeds: each metric's mean, its standard error
+    over the items (of the per-item means), and where there are several seeds the value of
+    each seed and their standard deviation."""
+    order = same_items(task, {label: runs})
+    pooled: dict[str, Any] = {"n": len(order), "seeds": len(runs)}
+    for metric in METRICS:
+        values = per_item(runs, metric, order)
+        pooled[metric] = float(values.mean())
+        pooled[f"{metric}_se"] = standard_error(values.mean(axis=0))
+        if len(runs) > 1:
+            pooled[f"{metric}_seeds"] = [float(value) for value in values.mean(axis=1)]
+            pooled[f"{metric}_sd"] = float(np.std(values.mean(axis=1), ddof=1))
+    return pooled
+
+
+def compare_evaluations(a: Path, b: Path) -> list[Pair]:
+    """`a` against `b` on every task both were evaluated on: two run directories, or two
+    directories of `sftkey-lora eval` (anything holding metrics.json and samples/)."""
+    tasks = [_evaluated_tasks(a), _evaluated_tasks(b)]
+    common = [task for task in tasks[0] if task in tasks[1]]
+    if not common:
+        raise UserError(f"{a} and {b}: no task evaluated in both ({', '.join(tasks[0])} against "
+                        f"{', '.join(tasks[1])})")
+    return [compare_samples(str(a), str(b), task, [read_samples(RunLayout(a).samples_file(task))],
+                            [read_samples(RunLayout(b).samples_file(task))]) for task in common]
+
+
+def _evaluated_tasks(root: Path) -> list[str]:
+    path = RunLayout(root).metrics_file
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found; evaluate it first (`sftkey-lora eval`)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not readable as JSON ({err})") from None
+    return [task for task, values in metrics.items() if isinstance(values, dict) and "tasks" not in values]
 
 
 def read_samples(path: Path) -> list[dict[str, Any]]:
@@ -97,10 +159,11 @@ def read_samples(path: Path) -> list[dict[str, Any]]:
 
 def pairs_table(pairs: list[Pair]) -> str:
     """A Markdown table of the pairs."""
-    lines = ["| a − b | task | n | Δ acc (95% CI) | McNemar p | Δ score (95% CI) | verdict |",
-             "|---|---|---:|---|---:|---|---|"]
+    lines = ["| a − b | task | n | seeds | Δ acc (95% CI) | p | Δ score (95% CI) | verdict |",
+             "|---|---|---:|---:|---|---:|---|---|"]
     for pair in pairs:
         lines.append(f"| {pair.a} − {pair.b} | {pair.task.removeprefix('sftkey_')} | {pair.n} | "
+                     f"{pair.seeds} | "
                      f"{pair.delta_acc:+.3f} ({pair.ci_acc[0]:+.3f}, {pair.ci_acc[1]:+.3f}) | "
                      f"{pair.p_mcnemar:.3g} | {pair.delta_score:+.3f} ({pair.ci_score[0]:+.3f}, "
                      f"{pair.ci_score[1]:+.3f}) | {pair.verdict} |")

@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..data import SOURCES, AnswerKind, load_examples, task_name
+from ..data import SOURCES, AnswerKind, Example, load_examples, task_name
 from ..errors import UserError
 from ..prep.render import render_prompt
 from ..recipe import DataConfig, EvalConfig, FormatConfig, ModelConfig, Recipe, load_recipe, validate_recipe
@@ -70,7 +70,7 @@ def build_docs(task: str, metadata: dict[str, Any]) -> dict[str, Any]:
     docs = [{
         "id": example.id, "question": example.prompt,
         "prompt": render_prompt(example.prompt, fmt, tokenizer), "reference": example.answer,
-        "kind": spec.answer or metadata.get("answer_kind") or infer_kind(example.answer),
+        "kind": spec.answer or answer_kind(example, metadata.get("answer_kind")),
         "labels": list(example.labels), "alpha": alpha, "tags": list(fmt.tag_strings.all),
         "separator": untagged_separator(recipe),
     } for example in examples]
@@ -100,8 +100,13 @@ def untagged_separator(recipe: Recipe | None) -> str:
     return recipe.format.untagged_separator
 
 
-def infer_kind(reference: str) -> AnswerKind:
-    return "math" if _MATH_LIKE.fullmatch(reference) else "text"
+def answer_kind(example: Example, given: AnswerKind | None = None) -> AnswerKind:
+    """How an example's answer compares where its source does not say: an option letter where
+    it lists options, else the kind given, else math when the reference reads as a number or
+    LaTeX, else text."""
+    if example.labels:
+        return "choice"
+    return given or ("math" if _MATH_LIKE.fullmatch(example.answer) else "text")
 
 
 def recipe_from_metadata(metadata: dict[str, Any]) -> Recipe | None:

@@ -89,12 +89,13 @@ def checkpoint_step(path: Path) -> int:
 
 @dataclass(frozen=True)
 class CompareLayout:
-    """A comparison: one run directory per strategy, and the comparison's own files."""
+    """A comparison: one run directory per strategy (per seed, under `seed-N/`, where the
+    comparison has several), and the comparison's own files."""
 
     root: Path
 
-    def run(self, strategy: str) -> RunLayout:
-        return RunLayout(self.root / strategy)
+    def run(self, strategy: str, seed: int | None = None) -> RunLayout:
+        return RunLayout(self.root / strategy if seed is None else self.root / f"seed-{seed}" / strategy)
 
     @property
     def report_file(self) -> Path:

@@ -165,6 +165,32 @@ def test_synthetic_solutions_are_correct_arithmetic() -> None:
         assert example.thinking.endswith(f"has {example.answer} {item} in the end.")
 
 
+def test_synthetic_letter_answers_name_the_option_holding_the_final_count() -> None:
+    number = synthetic_split("train", 300, 100, seed=3)
+    letter = synthetic_split("train", 300, 100, seed=3, answer="letter")
+    letters = []
+    for example in letter:
+        question, *options = example.prompt.split("\n")
+        listed = dict(option.split(". ") for option in options)
+        assert list(listed) == ["A", "B", "C", "D"] and example.labels == ("A", "B", "C", "D")
+        assert len(set(listed.values())) == 4 and all(int(value) > 0 for value in listed.values())
+        final = re.search(r"has (\d+) \w+ in the end\.$", example.thinking).group(1)
+        assert listed[example.answer] == final
+        assert f"{example.answer}." not in example.thinking.split()  # the thinking never names it
+        letters.append(example.answer)
+    assert {letters.count(x) for x in "ABCD"} <= set(range(50, 100))  # the right letter is shuffled
+    # Distractors come first from counts the problem passed through, as in the thinking.
+    assert sum(any(f" {value} " in e.thinking for key, value in
+                   (o.split(". ") for o in e.prompt.split("\n")[1:]) if key != e.answer)
+               for e in letter) > 200
+    # The number variant's data is unchanged by the other's existence; test problems stay out.
+    assert number == synthetic_split("train", 300, 100, seed=3)
+    test = synthetic_split("test", 300, 100, seed=3, answer="letter")
+    assert not {e.prompt.split("\n")[0] for e in test} & {e.prompt.split("\n")[0] for e in letter}
+    examples, _ = load_examples(data(synthetic={"n_train": 5, "n_test": 5, "seed": 0, "answer": "letter"}))
+    assert all(e.labels and e.answer in "ABCD" for e in examples)
+
+
 def test_synthetic_limit_and_unknown_split() -> None:
     examples, report = load_examples(data(limit=5))
     assert len(examples) == 5 and report.used == 5

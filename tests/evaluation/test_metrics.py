@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from sftkey_lora.data import Example
 from sftkey_lora.evaluation.metrics import (
     answer_part,
     follows_format,
@@ -11,7 +12,7 @@ from sftkey_lora.evaluation.metrics import (
     grade,
     normalize_text,
 )
-from sftkey_lora.evaluation.tasks import infer_kind, process_results
+from sftkey_lora.evaluation.tasks import answer_kind, process_results
 from sftkey_lora.recipe import FormatConfig
 from sftkey_lora.tags import PAPER_TAGS
 from tests.support import think_tags
@@ -150,4 +151,6 @@ def test_an_untagged_model_is_judged_on_its_own_format_and_fmt_tags_on_the_tags(
     ("blue", "text"), ("B", "text"), ("yes", "text"),
 ])
 def test_jsonl_answer_kind_is_inferred_from_the_reference(reference: str, kind: str) -> None:
-    assert infer_kind(reference) == kind
+    assert answer_kind(Example("q", "t", reference)) == kind
+    assert answer_kind(Example("q", "t", reference), given="text") == "text"  # the user's word first
+    assert answer_kind(Example("q", "t", reference, labels=("A", "B"))) == "choice"  # options listed

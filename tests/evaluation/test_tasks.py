@@ -117,6 +117,15 @@ def test_prompts_follow_the_run_recipe_found_beside_the_model(tmp_path) -> None:
     assert doc["alpha"] == 0.5
 
 
+def test_a_letter_answer_recipe_is_graded_as_a_choice(tmp_path) -> None:
+    recipe = Recipe()
+    recipe.data.synthetic.answer = "letter"
+    doc = build_docs("sftkey_synthetic", {"recipe": recipe.model_dump(mode="json")})["test"][0]
+    assert (doc["kind"], doc["labels"]) == ("choice", ["A", "B", "C", "D"])
+    assert doc["reference"] in "ABCD" and "\nD. " in doc["question"]
+    assert build_docs("sftkey_synthetic", {})["test"][0]["kind"] == "math"
+
+
 @pytest.mark.parametrize(("strategy", "separator"), [("sft", "\nThe answer is "), ("sft_tag", ""),
                                                      ("sftkey_tag", ""), (None, "")])
 def test_documents_name_the_format_the_run_was_trained_on(tmp_path, strategy, separator) -> None:
