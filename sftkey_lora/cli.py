@@ -166,9 +166,12 @@ def cmd_run(args: argparse.Namespace) -> None:
         from .train.unsloth import require_unsloth
 
         require_unsloth()  # before transformers is imported, so that its patches apply
-    from .run import run_recipe
+    from .rundir.lock import holding
 
-    record = run_recipe(recipe, run_dir, fresh=args.fresh)
+    with holding(RunLayout(run_dir)):  # a directory in use refused before the heavy imports
+        from .run import run_recipe
+
+        record = run_recipe(recipe, run_dir, fresh=args.fresh)
     if args.json:
         print(json.dumps(record.data, indent=1, ensure_ascii=False))
 
@@ -223,6 +226,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .evaluation.runner import evaluate_model, evaluate_run
     from .recipe import Recipe, apply_override, validate_recipe
     from .rundir.layout import RunLayout
+    from .rundir.lock import holding
     from .rundir.record import RunRecord, is_run, recorded_recipe
     from .train.plan import plan_evaluation
 
@@ -233,8 +237,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
         if args.recipe or args.output:
             raise UserError("--recipe / --output: a run is evaluated with its own recipe, into its directory")
         recipe = recorded_recipe(target, args.overrides)
-        record = RunRecord.open(target, recipe, fresh=False)  # refuses a change to what was trained
-        evaluate_run(recipe, record, _evaluation(plan_evaluation(recipe, args.tasks, args.limit)))
+        with holding(target):
+            record = RunRecord.open(target, recipe, fresh=False)  # refuses a change to what was trained
+            evaluate_run(recipe, record, _evaluation(plan_evaluation(recipe, args.tasks, args.limit)))
         return
     raw = (load_recipe(args.recipe) if args.recipe else Recipe()).model_dump(mode="json")
     raw["model"]["name_or_path"] = args.target

@@ -24,6 +24,7 @@ from .prep.masks import Encoded, encode_examples
 from .recipe import Recipe
 from .rundir.files import remove_checkpoints, remove_partial_checkpoints
 from .rundir.layout import EVAL_STEP, RunLayout
+from .rundir.lock import holding
 from .rundir.outcomes import EvalOutcome, summary_table
 from .rundir.record import RunRecord
 from .train.distributed import is_main, wait_for_everyone
@@ -36,27 +37,29 @@ Say = Callable[[str], None]
 def run_recipe(recipe: Recipe, run_dir: Path, fresh: bool = False,
                say: Say = lambda text: print(text, file=sys.stderr)) -> RunRecord:
     """Execute every planned step not yet complete, then evaluate unless this evaluation is
-    recorded. With several processes all train; the main one alone merges, evaluates, reports."""
+    recorded; the run directory is held throughout (`rundir.lock`). With several processes
+    all train; the main one alone merges, evaluates, reports."""
     if not is_main():
         say = _silent
     layout = RunLayout(run_dir)
-    record = RunRecord.open(layout, recipe, fresh)
-    plan = plan_run(recipe, layout)
-    pending = [step for step in plan.steps if record.status(step.name) != "complete"]
-    if not pending:
-        say(f"{run_dir}: every stage is complete (--fresh starts over)")
-    execution = _Execution(recipe, plan, record, say)
-    for step in pending:
-        execution.run(step)
-    summary = summary_table(record.steps)
-    say(summary)
-    evaluation = plan.evaluation
-    if not is_main():
-        return record
-    if evaluation is not None and not evaluation.done_by(record.outcome(EVAL_STEP, EvalOutcome)):
-        evaluate_run(recipe, record, evaluation, training=summary, say=say)
-    elif evaluation is None and recipe.eval.tasks == "auto":
-        say("eval: skipped; set eval.path to a test file in the data source's schema to evaluate on it")
+    with holding(layout):
+        record = RunRecord.open(layout, recipe, fresh)
+        plan = plan_run(recipe, layout)
+        pending = [step for step in plan.steps if record.status(step.name) != "complete"]
+        if not pending:
+            say(f"{run_dir}: every stage is complete (--fresh starts over)")
+        execution = _Execution(recipe, plan, record, say)
+        for step in pending:
+            execution.run(step)
+        summary = summary_table(record.steps)
+        say(summary)
+        evaluation = plan.evaluation
+        if not is_main():
+            return record
+        if evaluation is not None and not evaluation.done_by(record.outcome(EVAL_STEP, EvalOutcome)):
+            evaluate_run(recipe, record, evaluation, training=summary, say=say)
+        elif evaluation is None and recipe.eval.tasks == "auto":
+            say("eval: skipped; set eval.path to a test file in the data source's schema to evaluate on it")
     return record
 
 

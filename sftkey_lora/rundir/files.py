@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .layout import RunLayout, checkpoint_step, temporary
+from .layout import LOCK_NAME, OWNER_NAME, RunLayout, checkpoint_step, temporary
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -34,6 +34,17 @@ def replace_dir(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
     if old.exists():
         shutil.rmtree(old)
+
+
+def empty_run_dir(layout: RunLayout) -> None:
+    """Everything of an earlier run gone (`--fresh`), the lock of the run now starting kept."""
+    for path in layout.root.iterdir():
+        if path.name in (LOCK_NAME, OWNER_NAME):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def remove_temporaries(root: Path) -> None:

@@ -19,6 +19,7 @@ EVAL_STEP = "eval"
 THINKING_LOSS, KEY_LOSS = "heldout_thinking_loss", "heldout_key_loss"
 CHECKPOINT_PREFIX = "checkpoint-"
 MERGED_DIR = "stage1-merged"
+LOCK_NAME, OWNER_NAME = "run.lock", "run.lock.json"  # kept by --fresh: they belong to the run now writing
 
 
 def temporary(path: Path, tag: str = "") -> Path:
@@ -35,6 +36,16 @@ class RunLayout:
     @property
     def run_file(self) -> Path:
         return self.root / "run.json"
+
+    @property
+    def lock_file(self) -> Path:
+        """Held (an OS file lock) by the process that writes the run; free once it ends."""
+        return self.root / LOCK_NAME
+
+    @property
+    def owner_file(self) -> Path:
+        """Who holds the lock: what a refused second run names."""
+        return self.root / OWNER_NAME
 
     def stage_dir(self, stage: str) -> Path:
         """A stage's adapter (or, in full mode, its whole model), with its tokenizer."""

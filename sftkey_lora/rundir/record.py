@@ -8,7 +8,6 @@ same command again.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -20,8 +19,9 @@ from ..errors import UserError, first_line
 from ..recipe import Recipe, apply_override, validate_recipe
 from ..train.distributed import is_main, wait_for_everyone, world_size
 from ..train.hardware import device_summary
-from .files import write_json_atomic
+from .files import empty_run_dir, write_json_atomic
 from .layout import RunLayout
+from .lock import refuse_foreign
 from .outcomes import Outcome
 
 T = TypeVar("T", bound=Outcome)
@@ -44,7 +44,7 @@ class RunRecord:
         _refuse_other_contents(layout, resolved, fresh)  # every process alike: nothing written yet
         if is_main():
             if fresh and file.exists():
-                shutil.rmtree(layout.root)
+                empty_run_dir(layout)
             if file.exists():
                 record = cls(layout, _read(file))
                 record.update(recipe=resolved)  # evaluation settings may change between runs
@@ -96,9 +96,7 @@ class RunRecord:
 def _refuse_other_contents(layout: RunLayout, resolved: dict[str, Any], fresh: bool) -> None:
     """A directory that is neither empty, nor new, nor a run of this recipe is never written into."""
     file = layout.run_file
-    if layout.root.exists() and not file.exists() and any(layout.root.iterdir()):
-        raise UserError(f"--output {layout.root}: the directory is not empty and holds no {file.name}; "
-                        "choose an empty or new directory")
+    refuse_foreign(layout)
     if file.exists() and not fresh:
         trained = _training_part(_read(file).get("recipe") or {})
         if trained != _training_part(resolved):

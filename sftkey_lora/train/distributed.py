@@ -52,6 +52,16 @@ def wait_for_everyone() -> None:
         _state().wait_for_everyone()
 
 
+def from_main(value: Any) -> Any:
+    """The main process's `value`, in every process (a picklable object)."""
+    if world_size() == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    _state()
+    return broadcast_object_list([value], from_process=0)[0]
+
+
 def sharded() -> bool:
     """Whether FSDP or DeepSpeed ZeRO shards the weights (accelerate launch sets these), so a
     layer's weights are whole only inside the model's own forward pass."""

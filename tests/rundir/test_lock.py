@@ -1,0 +1,125 @@
+"""The run directory's lock: a second run is refused at once and changes nothing, a lock left
+by a killed process never blocks, and the holder may take it again."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sftkey_lora.rundir.layout import RunLayout
+from sftkey_lora.rundir.lock import holding
+from tests.support import QUICKSTART, ROOT, SMALL, as_set_flags
+
+HOLD = """from pathlib import Path; import sys, time
+from sftkey_lora.errors import UserError
+from sftkey_lora.rundir.layout import RunLayout
+from sftkey_lora.rundir.lock import holding
+try:
+    with holding(RunLayout(Path(sys.argv[1]))):
+        print("held", flush=True)
+        time.sleep(600)
+except UserError as err:
+    print(err, flush=True)
+"""
+
+
+def hold_in_another_process(run_dir: Path) -> tuple[subprocess.Popen, str]:
+    """A process that holds the run directory until killed, and the first line it printed."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True)
+    return holder, holder.stdout.readline().strip()
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(path.relative_to(root)): (path.stat().st_size, path.stat().st_mtime_ns)
+            for path in sorted(root.rglob("*"))}
+
+
+def test_a_second_run_into_a_held_directory_is_refused_and_changes_nothing(cli, tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text(json.dumps({"recipe": {}, "steps": {}}))
+    holder, said = hold_in_another_process(run_dir)
+    assert said == "held"
+    try:
+        before = snapshot(run_dir)
+        started = time.perf_counter()
+        code, _, err = cli("run", str(QUICKSTART), "--output", str(run_dir), "--fresh")
+        assert code == 2 and time.perf_counter() - started < 5  # at once: before any model is loaded
+        since = json.loads((run_dir / "run.lock.json").read_text())["since"]
+        assert err.strip() == (f"sftkey-lora: error: {run_dir}: in use by process {holder.pid} on "
+                               f"{os.uname().nodename} since {since} (`-c {run_dir}`); wait for it to end, "
+                               "or choose another --output")
+        assert snapshot(run_dir) == before  # --fresh deleted nothing
+        code, _, err = cli("eval", str(run_dir))
+        assert code == 2 and "in use by process" in err
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_lock_left_by_a_killed_process_never_blocks(tmp_path) -> None:
+    layout = RunLayout(tmp_path / "run")
+    holder, said = hold_in_another_process(layout.root)
+    assert said == "held"
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    assert layout.lock_file.exists() and layout.owner_file.exists()  # left behind, and harmless
+    with holding(layout):
+        assert json.loads(layout.owner_file.read_text())["pid"] == os.getpid()
+        with holding(layout):  # the holder may take it again (eval inside a run)
+            pass
+        other, said = hold_in_another_process(layout.root)  # still held after the inner block
+        assert other.wait() == 0 and said.endswith("wait for it to end, or choose another --output")
+        assert f"in use by process {os.getpid()}" in said
+
+
+def test_fresh_keeps_the_lock_and_a_foreign_directory_gets_none(cli, tmp_path) -> None:
+    from sftkey_lora.recipe import load_recipe
+    from sftkey_lora.rundir.record import RunRecord
+
+    layout = RunLayout(tmp_path / "run")
+    recipe = load_recipe(QUICKSTART, SMALL)
+    with holding(layout):
+        RunRecord.open(layout, recipe, fresh=False)
+        (layout.root / "stage1").mkdir()
+        RunRecord.open(layout, recipe, fresh=True)
+        kept = sorted(path.name for path in layout.root.iterdir())
+        assert kept == ["run.json", "run.lock", "run.lock.json"]
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "todo.txt").write_text("mine")
+    code, _, err = cli("run", str(QUICKSTART), "--output", str(foreign), *as_set_flags(SMALL))
+    assert code == 2 and "is not empty and holds no run.json" in err
+    assert [path.name for path in foreign.iterdir()] == ["todo.txt"]
+
+
+@pytest.mark.slow
+def test_two_runs_started_together_leave_one_whole_run(cli, tmp_path) -> None:
+    """Two `run`s into one directory: the second exits 2 at once, the first finishes whole."""
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "sftkey_lora", "run", str(QUICKSTART), "--output", str(run_dir),
+               *as_set_flags(SMALL)]
+    first = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    while not (run_dir / "run.lock.json").exists():
+        assert first.poll() is None, first.stderr.read()
+        time.sleep(0.2)
+    code, _, err = cli("run", str(QUICKSTART), "--output", str(run_dir), *as_set_flags(SMALL))
+    assert code == 2 and f"in use by process {first.pid}" in err and err.count("\n") == 1
+    _, errors = first.communicate(timeout=900)
+    assert first.returncode == 0, errors
+    layout = RunLayout(run_dir)
+    steps = json.loads(layout.run_file.read_text())["steps"]
+    complete = [name for name, step in steps.items() if step["status"] == "complete"]
+    assert complete == ["stage1", "merge", "stage2"]
+    for stage in ("stage1", "stage2"):
+        assert (layout.stage_dir(stage) / "adapter_model.safetensors").is_file()
+    assert (layout.merged_dir / "model.safetensors").is_file()
