@@ -10,13 +10,9 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .errors import UserError
 from .recipe import load_recipe
-
-if TYPE_CHECKING:
-    from .train.plan import EvalStep
 
 EXIT_USER_ERROR = 2
 
@@ -153,25 +149,17 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    from .api import default_output, run
     from .rundir.layout import RunLayout
     from .train.plan import plan_run
 
     recipe = load_recipe(args.recipe, args.overrides)
-    run_dir = args.output or Path("adapters") / (recipe.name or args.recipe.stem)
+    run_dir = args.output or default_output(recipe)
     if args.dry_run:
         plan = plan_run(recipe, RunLayout(run_dir)).as_json(recipe)
         print(json.dumps(plan, indent=1) if args.json else _plan_text(plan))
         return
-    if recipe.model.backend == "unsloth":
-        from .train.unsloth import require_unsloth
-
-        require_unsloth()  # before transformers is imported, so that its patches apply
-    from .rundir.lock import holding
-
-    with holding(RunLayout(run_dir)):  # a directory in use refused before the heavy imports
-        from .run import run_recipe
-
-        record = run_recipe(recipe, run_dir, fresh=args.fresh)
+    record = run(recipe, run_dir, fresh=args.fresh)
     if args.json:
         print(json.dumps(record.data, indent=1, ensure_ascii=False))
 
@@ -191,19 +179,18 @@ def _plan_text(plan: dict) -> str:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from .compare import compare
+    from .api import compare
 
-    recipe = load_recipe(args.recipe, args.overrides)
-    output = args.output or Path("adapters") / f"{recipe.name or args.recipe.stem}-compare"
-    compare(recipe, output, args.fresh, args.seeds)
+    compare(load_recipe(args.recipe, args.overrides), args.output, args.fresh, args.seeds)
 
 
 def cmd_significance(args: argparse.Namespace) -> None:
     from dataclasses import asdict
 
-    from .evaluation.significance import compare_evaluations, pairs_table
+    from .api import significance
+    from .evaluation.significance import pairs_table
 
-    pairs = compare_evaluations(args.a, args.b)
+    pairs = significance(args.a, args.b)
     print(json.dumps([asdict(pair) for pair in pairs], indent=2) if args.json else pairs_table(pairs))
 
 
@@ -223,37 +210,9 @@ def _seed_list(text: str) -> list[int]:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from .evaluation.runner import evaluate_model, evaluate_run
-    from .recipe import Recipe, apply_override, validate_recipe
-    from .rundir.layout import RunLayout
-    from .rundir.lock import holding
-    from .rundir.record import RunRecord, is_run, recorded_recipe
-    from .train.plan import plan_evaluation
+    from .api import evaluate
 
-    if args.limit is not None and args.limit < 1:
-        raise UserError("--limit: must be at least 1")
-    target = RunLayout(Path(args.target))
-    if is_run(target.root):
-        if args.recipe or args.output:
-            raise UserError("--recipe / --output: a run is evaluated with its own recipe, into its directory")
-        recipe = recorded_recipe(target, args.overrides)
-        with holding(target):
-            record = RunRecord.open(target, recipe, fresh=False)  # refuses a change to what was trained
-            evaluate_run(recipe, record, _evaluation(plan_evaluation(recipe, args.tasks, args.limit)))
-        return
-    raw = (load_recipe(args.recipe) if args.recipe else Recipe()).model_dump(mode="json")
-    raw["model"]["name_or_path"] = args.target
-    for item in args.overrides:
-        apply_override(raw, item)
-    recipe = validate_recipe(raw, source=str(args.recipe or "eval"))
-    output = args.output or Path("evals") / Path(args.target.removeprefix("builtin:")).name
-    evaluate_model(recipe, RunLayout(output), _evaluation(plan_evaluation(recipe, args.tasks, args.limit)))
-
-
-def _evaluation(step: EvalStep | None) -> EvalStep:
-    if step is None:
-        raise UserError("eval.tasks: no task to evaluate on; give --tasks (and eval.path for a jsonl source)")
-    return step
+    evaluate(args.target, args.tasks, args.limit, args.recipe, args.output, args.overrides)
 
 
 def cmd_tasks_dir(args: argparse.Namespace) -> None:

@@ -1,0 +1,117 @@
+"""The Python API: what every command does, callable from a notebook or a script; the CLI
+is a thin layer over it. A user error raises `UserError` (the CLI turns it into exit code 2).
+
+    from sftkey_lora import compare, evaluate, load_recipe, run
+    recipe = load_recipe("recipes/quickstart.yaml", {"data.synthetic.n_train": 500})
+    record = run(recipe, "adapters/mine")
+    metrics = evaluate("adapters/mine", limit=20)
+
+Heavy libraries (torch, transformers, lm-eval) are imported only when a function needs them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import UserError
+from .recipe import Recipe, apply_override, validate_recipe
+from .recipe import load_recipe as _read_recipe
+from .rundir.layout import RunLayout
+from .rundir.lock import holding
+
+if TYPE_CHECKING:
+    from .evaluation.significance import Pair
+    from .rundir.record import RunRecord
+    from .train.plan import EvalStep
+
+Overrides = Mapping[str, Any] | Sequence[str] | None
+
+
+def load_recipe(path: str | Path, overrides: Overrides = None) -> Recipe:
+    """A recipe file with overrides: `{"data.limit": 100}`, or the CLI's `["data.limit=100"]`."""
+    return _read_recipe(path, _as_items(overrides))
+
+
+def default_output(recipe: Recipe, suffix: str = "") -> Path:
+    """Where a run (or, with `-compare`, a comparison) of the recipe goes unless told."""
+    return Path("adapters") / f"{recipe.name or 'run'}{suffix}"
+
+
+def run(recipe: Recipe, output: str | Path | None = None, fresh: bool = False) -> RunRecord:
+    """Train every stage of the recipe's strategy not yet complete, then evaluate; the run
+    directory is held throughout, and refused if another process holds it."""
+    run_dir = Path(output) if output is not None else default_output(recipe)
+    if recipe.model.backend == "unsloth":
+        from .train.unsloth import require_unsloth
+
+        require_unsloth()  # before transformers is imported, so that its patches apply
+    with holding(RunLayout(run_dir)):  # a directory in use refused before the heavy imports
+        from .run import run_recipe
+
+        return run_recipe(recipe, run_dir, fresh=fresh)
+
+
+def evaluate(target: str | Path, tasks: list[str] | None = None, limit: int | None = None,
+             recipe: str | Path | Recipe | None = None, output: str | Path | None = None,
+             overrides: Overrides = None) -> dict[str, Any]:
+    """Evaluate a run directory (its final model, with its own recipe, into its directory), or
+    any model as it is (a hub id, a directory, `builtin:tiny`) with `recipe`'s format and
+    evaluation settings into `output` (default `evals/<model name>/`). Returns the metrics."""
+    from .evaluation.runner import evaluate_model, evaluate_run
+    from .rundir.record import RunRecord, is_run, recorded_recipe
+    from .train.plan import plan_evaluation
+
+    if limit is not None and limit < 1:
+        raise UserError("--limit: must be at least 1")
+    layout = RunLayout(Path(target))
+    if is_run(layout.root):
+        if recipe is not None or output is not None:
+            raise UserError("--recipe / --output: a run is evaluated with its own recipe, into its directory")
+        own = recorded_recipe(layout, _as_items(overrides))
+        with holding(layout):
+            record = RunRecord.open(layout, own, fresh=False)  # refuses a change to what was trained
+            return evaluate_run(own, record, _evaluation(plan_evaluation(own, tasks, limit)))
+    base = recipe if isinstance(recipe, Recipe) else load_recipe(recipe) if recipe else Recipe()
+    raw = base.model_dump(mode="json")
+    raw["model"]["name_or_path"] = str(target)
+    for item in _as_items(overrides):
+        apply_override(raw, item)
+    chosen = validate_recipe(raw, source=str(recipe if isinstance(recipe, str | Path) else "eval"))
+    name = Path(str(target).removeprefix("builtin:")).name
+    out = Path(output) if output is not None else Path("evals") / name
+    return evaluate_model(chosen, RunLayout(out), _evaluation(plan_evaluation(chosen, tasks, limit)))
+
+
+def compare(recipe: Recipe, output: str | Path | None = None, fresh: bool = False,
+            seeds: list[int] | None = None) -> dict[str, Any]:
+    """Every strategy trained and evaluated with the recipe's settings (once per seed where
+    `seeds` are given); writes comparison.md and comparison.json, returns the figures."""
+    from .compare import compare as compare_strategies
+
+    out = Path(output) if output is not None else default_output(recipe, "-compare")
+    return compare_strategies(recipe, out, fresh, seeds)
+
+
+def significance(a: str | Path, b: str | Path) -> list[Pair]:
+    """The paired differences a − b of two evaluations on every task both were evaluated on."""
+    from .evaluation.significance import compare_evaluations
+
+    return compare_evaluations(Path(a), Path(b))
+
+
+def _as_items(overrides: Overrides) -> list[str]:
+    """Overrides as `dotted.key=value` items; mapping values are written as JSON, which YAML reads back."""
+    if overrides is None:
+        return []
+    if isinstance(overrides, Mapping):
+        return [f"{key}={json.dumps(value, default=str)}" for key, value in overrides.items()]
+    return list(overrides)
+
+
+def _evaluation(step: EvalStep | None) -> EvalStep:
+    if step is None:
+        raise UserError("eval.tasks: no task to evaluate on; give --tasks (and eval.path for a jsonl source)")
+    return step

@@ -1,0 +1,59 @@
+"""The Python API: the README's example runs as written, and the CLI's calls are the API's."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+
+import sftkey_lora
+from sftkey_lora import UserError, load_recipe
+from tests.support import QUICKSTART, ROOT
+
+
+def readme_example() -> str:
+    section = (ROOT / "README.md").read_text().split("### Python API", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+
+
+@pytest.mark.slow
+def test_the_readme_example_runs_as_written(tmp_path, monkeypatch, capsys) -> None:
+    (tmp_path / "recipes").mkdir()
+    shutil.copy(QUICKSTART, tmp_path / "recipes" / QUICKSTART.name)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(readme_example(), "README.md", "exec"), namespace)
+    printed = capsys.readouterr().out.splitlines()
+    assert 0 <= float(printed[0]) <= 1 and printed[1] == "no significant difference"
+    assert namespace["record"].steps["stage2"]["status"] == "complete"
+    assert namespace["metrics"]["sftkey_synthetic"]["n"] == 4
+    assert (tmp_path / "adapters" / "api-demo" / "stage2" / "adapter_model.safetensors").is_file()
+
+
+def test_overrides_are_a_mapping_or_the_cli_items() -> None:
+    overrides = {"data.limit": 100, "format.system_prompt": "Hi: x", "eval.tasks": []}
+    as_mapping = load_recipe(QUICKSTART, overrides)
+    as_items = load_recipe(QUICKSTART, ["data.limit=100", "format.system_prompt='Hi: x'", "eval.tasks=[]"])
+    assert as_mapping == as_items and as_mapping.data.limit == 100
+    assert as_mapping.format.system_prompt == "Hi: x"  # a value is taken as it is, never parsed
+    with pytest.raises(UserError, match="lora.rank"):
+        load_recipe(QUICKSTART, {"lora.rank": 8})
+
+
+def test_the_package_exports_the_api_without_loading_torch() -> None:
+    import subprocess
+    import sys
+
+    assert set(sftkey_lora.__all__) == {"Recipe", "UserError", "compare", "evaluate", "load_recipe", "run",
+                                        "significance"}
+    check = ("import sys, sftkey_lora; "
+             "print(sorted(m for m in ('torch', 'transformers', 'lm_eval') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=ROOT,
+                            check=True)
+    assert loaded.stdout.strip() == "[]"
+
+
+def test_evaluating_nothing_is_a_user_error(tmp_path) -> None:
+    with pytest.raises(UserError, match="--limit: must be at least 1"):
+        sftkey_lora.evaluate(tmp_path, limit=0)
