@@ -1,10 +1,11 @@
 """The Python API: what every command does, callable from a notebook or a script; the CLI
 is a thin layer over it. A user error raises `UserError` (the CLI turns it into exit code 2).
 
-    from sftkey_lora import compare, evaluate, load_recipe, run
+    from sftkey_lora import compare, evaluate, export, load_recipe, run
     recipe = load_recipe("recipes/quickstart.yaml", {"data.synthetic.n_train": 500})
     record = run(recipe, "adapters/mine")
     metrics = evaluate("adapters/mine", limit=20)
+    model_dir = export("adapters/mine")
 
 Heavy libraries (torch, transformers, lm-eval) are imported only when a function needs them.
 """
@@ -93,6 +94,15 @@ def compare(recipe: Recipe, output: str | Path | None = None, fresh: bool = Fals
 
     out = Path(output) if output is not None else default_output(recipe, "-compare")
     return compare_strategies(recipe, out, fresh, seeds)
+
+
+def export(run_dir: str | Path, output: str | Path | None = None) -> Path:
+    """A finished run's final model as one plain model directory (default `RUN/final/`):
+    weights merged in the checkpoint's dtype, tokenizer with the tags, generation config,
+    model card. Returns where it went."""
+    from .export import export_run
+
+    return export_run(Path(run_dir), Path(output) if output is not None else None)
 
 
 def significance(a: str | Path, b: str | Path) -> list[Pair]:

@@ -69,6 +69,11 @@ def _eval_parsers(commands: argparse._SubParsersAction) -> None:
                                  "gives means over the seeds and tests pooled over them "
                                  "(default: one run, the recipe's training.seed)")
 
+    export = commands.add_parser("export", help="a finished run's final model as one plain model directory")
+    export.add_argument("run_dir", type=Path, help="the run directory")
+    export.add_argument("--output", type=Path, default=None,
+                        help="where to write it (default: RUN_DIR/final)")
+
     significance = commands.add_parser("significance", help="paired differences of two evaluations on the "
                                        "same test items (McNemar p-value, bootstrap intervals, verdict)")
     significance.add_argument("a", type=Path, help="a run directory or an `eval` output directory")
@@ -184,6 +189,17 @@ def cmd_compare(args: argparse.Namespace) -> None:
     compare(load_recipe(args.recipe, args.overrides), args.output, args.fresh, args.seeds)
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    import time
+
+    from .api import export
+
+    started = time.perf_counter()
+    out = export(args.run_dir, args.output)
+    size = sum(path.stat().st_size for path in out.rglob("*") if path.is_file())
+    print(f"exported {out} ({size / 2**20:.1f} MB) in {time.perf_counter() - started:.1f} s")
+
+
 def cmd_significance(args: argparse.Namespace) -> None:
     from dataclasses import asdict
 
@@ -232,7 +248,7 @@ def cmd_build_tiny(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"inspect": cmd_inspect, "run": cmd_run, "eval": cmd_eval, "compare": cmd_compare,
-            "significance": cmd_significance,
+            "export": cmd_export, "significance": cmd_significance,
             "bench": cmd_bench, "tasks-dir": cmd_tasks_dir, "build-tiny": cmd_build_tiny}
 
 

@@ -45,8 +45,8 @@ def test_the_package_exports_the_api_without_loading_torch() -> None:
     import subprocess
     import sys
 
-    assert set(sftkey_lora.__all__) == {"Recipe", "UserError", "compare", "evaluate", "load_recipe", "run",
-                                        "significance"}
+    assert set(sftkey_lora.__all__) == {"Recipe", "UserError", "compare", "evaluate", "export", "load_recipe",
+                                        "run", "significance"}
     check = ("import sys, sftkey_lora; "
              "print(sorted(m for m in ('torch', 'transformers', 'lm_eval') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=ROOT,

@@ -11,7 +11,9 @@ Metadata keys read here (all optional):
                (the `sftkey_jsonl` task needs one)
   split        the hub split to evaluate on, instead of the task's own
   recipe       a recipe whose `format` and `data.synthetic` apply: a YAML file, or the
-               resolved recipe as a mapping (as `sftkey-lora eval` passes it)
+               resolved recipe as a mapping (as `sftkey-lora eval` passes it); without it,
+               the recipe of the run `pretrained` / `peft` belong to, or the one an export
+               carries (`sftkey_recipe.json`)
   alpha        the weight of acc in score (default 0.7)
   answer_kind  `math`, `choice` or `text`: how `sftkey_jsonl` compares answers
                (default: math when the reference reads as a number or LaTeX, else text)
@@ -19,6 +21,7 @@ Metadata keys read here (all optional):
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
@@ -28,7 +31,7 @@ from ..data import SOURCES, AnswerKind, Example, load_examples, task_name
 from ..errors import UserError
 from ..prep.render import render_prompt
 from ..recipe import DataConfig, EvalConfig, FormatConfig, ModelConfig, Recipe, load_recipe, validate_recipe
-from ..rundir.layout import RunLayout
+from ..rundir.layout import EXPORTED_RECIPE, RunLayout
 from ..rundir.record import is_run, recorded_recipe
 from ..strategies import STRATEGIES
 from ..tags import Tags
@@ -120,6 +123,9 @@ def recipe_from_metadata(metadata: dict[str, Any]) -> Recipe | None:
         value = metadata.get(key)
         if isinstance(value, str) and is_run(Path(value).parent):
             return recorded_recipe(RunLayout(Path(value).parent))
+        if isinstance(value, str) and (Path(value) / EXPORTED_RECIPE).is_file():  # `sftkey-lora export`
+            exported = Path(value) / EXPORTED_RECIPE
+            return validate_recipe(json.loads(exported.read_text(encoding="utf-8")), source=str(exported))
     return None
 
 

@@ -19,6 +19,7 @@ EVAL_STEP = "eval"
 THINKING_LOSS, KEY_LOSS = "heldout_thinking_loss", "heldout_key_loss"
 CHECKPOINT_PREFIX = "checkpoint-"
 MERGED_DIR = "stage1-merged"
+EXPORTED_RECIPE = "sftkey_recipe.json"  # in an export: the run's recipe, so its prompts can be rendered
 LOCK_NAME, OWNER_NAME = "run.lock", "run.lock.json"  # kept by --fresh: they belong to the run now writing
 
 
@@ -57,6 +58,11 @@ class RunLayout:
     def merged_dir(self) -> Path:
         """The stage-1 adapter merged into 16-bit weights: the base of stage 2."""
         return self.root / MERGED_DIR
+
+    @property
+    def export_dir(self) -> Path:
+        """`sftkey-lora export`'s default output: the final model as one plain model directory."""
+        return self.root / "final"
 
     @property
     def metrics_file(self) -> Path:

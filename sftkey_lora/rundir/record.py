@@ -58,6 +58,11 @@ class RunRecord:
         wait_for_everyone()
         return record if is_main() else cls(layout, _read(file))
 
+    @classmethod
+    def read(cls, layout: RunLayout) -> RunRecord:
+        """The record of an existing run, to read (export, reports): nothing is written."""
+        return cls(layout, _read(layout.run_file))
+
     @property
     def run_dir(self) -> Path:
         return self.layout.root

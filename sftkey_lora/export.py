@@ -1,0 +1,92 @@
+"""`sftkey-lora export`: a finished run as one model directory to deploy.
+
+The final model as the run trained it, in its checkpoint's own dtype: for `sftkey_tag` the
+stage-2 adapter merged into the 16-bit `stage1-merged/` (never into 4-bit weights, which
+would re-quantize them), for a one-stage strategy its adapter merged into the base's
+weights, in full mode the last stage's own weights. Beside them the tokenizer with the tags,
+the generation config, a model card and the run's recipe (`sftkey_recipe.json`, which the
+lm-eval tasks read to render prompts as in training); no adapter, no trainable token rows,
+nothing a server has to understand beyond a plain causal LM.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+from .rundir.files import replace_dir, write_json_atomic, write_text_atomic
+from .rundir.layout import EXPORTED_RECIPE, RunLayout, temporary
+from .rundir.lock import holding
+from .rundir.record import RunRecord, is_run, recorded_recipe
+from .train.plan import FinalModel, plan_run
+
+
+def export_run(run_dir: Path, output: Path | None = None) -> Path:
+    """Write the run's final model to `output` (default `RUN/final/`); returns where."""
+    layout = RunLayout(run_dir)
+    if not is_run(run_dir):
+        raise UserError(f"{run_dir}: not a run directory (no run.json); give a directory "
+                        "`sftkey-lora run` wrote")
+    recipe = recorded_recipe(layout)
+    plan = plan_run(recipe, layout)
+    record = RunRecord.read(layout)
+    unfinished = [step.name for step in plan.steps if record.status(step.name) != "complete"]
+    if unfinished:
+        raise UserError(f"{run_dir}: {', '.join(unfinished)} not complete; finish the run first "
+                        "(`sftkey-lora run` with its recipe resumes it)")
+    out = output or layout.export_dir
+    with holding(layout):
+        tmp = temporary(out)
+        model, tokenizer = final_model(plan.final)
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_text_atomic(tmp / "README.md", model_card(record.data, plan.final, out))
+        write_json_atomic(tmp / EXPORTED_RECIPE, record.data["recipe"])
+        replace_dir(tmp, out)
+    return out
+
+
+def final_model(final: FinalModel) -> tuple[Any, Any]:
+    """The final model merged into plain weights (the checkpoint's dtype, on the CPU), and its
+    tokenizer (saved beside the last stage, tags included)."""
+    from .train.loading import load_tokenizer, pretrained_model
+    from .train.merge import merged_16bit
+
+    tokenizer = load_tokenizer(final.base.model_copy(update={"name_or_path": str(final.tokenizer),
+                                                             "revision": None}))
+    if final.adapter is None:
+        return pretrained_model(final.base, len(tokenizer), dtype="auto"), tokenizer
+    return merged_16bit(final.base, final.adapter, "original", len(tokenizer), final.precision), tokenizer
+
+
+def model_card(record: dict[str, Any], final: FinalModel, out: Path) -> str:
+    """README.md of the export: what it was trained from and with, how well it did, how to load it."""
+    recipe = record["recipe"]
+    metrics = record.get("steps", {}).get("eval", {}).get("metrics", {})
+    data = record.get("data", {})
+    rows = [f"| {task} | {values.get('acc', float('nan')):.3f} | {values.get('fmt', float('nan')):.3f} | "
+            f"{values.get('score', float('nan')):.3f} | {values.get('n', '')} |"
+            for task, values in metrics.items() if "tasks" not in values]
+    front = {"base_model": recipe["model"]["name_or_path"], "library_name": "transformers",
+             "tags": ["sftkey-lora", recipe["strategy"]]}
+    return "\n".join([
+        "---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
+        f"# {recipe.get('name') or out.name}", "",
+        f"Fine-tuned from `{recipe['model']['name_or_path']}` with sftkey-lora, strategy "
+        f"`{recipe['strategy']}` ({final.stage} was the last stage), then merged into plain weights.", "",
+        f"Data: `{recipe['data']['source']}`, {data.get('train', '?')} training examples "
+        f"({data.get('holdout', '?')} held out; rows read {data.get('rows_read', '?')}, "
+        f"dropped {sum(data.get('dropped', {}).values())}).", "",
+        *(["| task | acc | fmt | score | n |", "|---|---:|---:|---:|---:|", *rows, ""] if rows else []),
+        "## Load", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+        f'model = AutoModelForCausalLM.from_pretrained("{out}")',
+        f'tokenizer = AutoTokenizer.from_pretrained("{out}")', "```", "",
+        "Prompts as in training: the recipe's `format` below. The response is "
+        + ("the thinking and the answer between the recipe's tags." if recipe["strategy"] != "sft"
+           else "the reasoning, the separator, then the answer."), "",
+        "## Recipe", "", "```yaml", yaml.safe_dump(recipe, sort_keys=False).strip(), "```", ""])

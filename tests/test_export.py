@@ -1,0 +1,79 @@
+"""`sftkey-lora export`: the final model as one plain model directory, with the logits of the
+run's final model, loadable by the stock lm_eval CLI; an unfinished run is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sftkey_lora.recipe import Recipe
+from tests.support import ROOT
+
+
+@pytest.fixture(scope="module")
+def exported(small_run, tmp_path_factory):
+    from sftkey_lora.api import export
+
+    _, record = small_run
+    return record.layout, export(record.layout.root, tmp_path_factory.mktemp("export") / "model")
+
+
+@pytest.mark.slow
+def test_the_export_gives_the_logits_of_stage1_merged_with_the_stage2_adapter(exported) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    layout, out = exported
+    names = sorted(path.name for path in out.iterdir())
+    assert "model.safetensors" in names and not any(name.startswith("adapter") for name in names)
+    assert {"README.md", "generation_config.json", "sftkey_recipe.json", "tokenizer.json"} <= set(names)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert {"<Thinking>", "</Thinking>", "<Answer>", "</Answer>"} <= set(tokenizer.get_added_vocab())
+    ids = tokenizer("User: Tom has 3 apples.\nAssistant:\n<Thinking>Tom", return_tensors="pt").input_ids
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    reference = AutoModelForCausalLM.from_pretrained(layout.merged_dir, dtype=torch.float32)
+    reference = PeftModel.from_pretrained(reference, str(layout.stage_dir("stage2"))).eval()
+    with torch.no_grad():
+        difference = (model(ids).logits - reference(ids).logits).abs().max().item()
+    assert difference < 1e-4
+    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == tokenizer.eos_token_id
+    card = (out / "README.md").read_text()
+    assert "strategy `sftkey_tag`" in card and "| sftkey_synthetic |" in card
+    assert "base_model: builtin:tiny" in card
+
+
+@pytest.mark.slow
+def test_the_stock_lm_eval_cli_runs_our_task_on_the_export(exported, tmp_path) -> None:
+    _, out = exported
+    done = subprocess.run([sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
+                           f"pretrained={out},dtype=float32", "--tasks", "sftkey_synthetic", "--include_path",
+                           str(ROOT / "eval_tasks"), "--device", "cpu", "--limit", "2", "--gen_kwargs",
+                           "max_gen_toks=48", "--output_path", str(tmp_path / "results"), "--log_samples"],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    (results,) = tmp_path.glob("results/**/results_*.json")
+    figures = json.loads(results.read_text())["results"]["sftkey_synthetic"]
+    assert {"acc,none", "fmt,none", "score,none"} <= set(figures)
+    samples = json.loads(next(tmp_path.glob("results/**/samples_sftkey_synthetic_*.jsonl")).read_text()
+                         .splitlines()[0])
+    assert samples["arguments"]["gen_args_0"]["arg_0"].startswith("User: ")  # the run's own prompt format
+
+
+def test_an_unfinished_run_or_no_run_is_not_exported(cli, tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    record = {"recipe": Recipe().model_dump(mode="json"), "steps": {"stage1": {"status": "complete"}}}
+    (run_dir / "run.json").write_text(json.dumps(record))
+    code, _, err = cli("export", str(run_dir))
+    expected = (f"sftkey-lora: error: {run_dir}: merge, stage2 not complete; finish the run first "
+                "(`sftkey-lora run` with its recipe resumes it)")
+    assert code == 2 and err.strip() == expected
+    assert not (run_dir / "final").exists()
+    code, _, err = cli("export", str(tmp_path))
+    assert code == 2 and "not a run directory (no run.json)" in err
