@@ -8,8 +8,8 @@ import pytest
 
 from sftkey_lora.compare import COMPARED, PAIRS, key_loss_history
 from sftkey_lora.evaluation.report import results_table
-from sftkey_lora.recipe import Recipe
-from sftkey_lora.rundir.layout import RunLayout
+from sftkey_lora.recipe import Recipe, load_recipe
+from sftkey_lora.rundir.layout import CompareLayout, RunLayout
 from sftkey_lora.rundir.record import RunRecord
 from tests.support import MERGED, QUICKSTART, stage_outcome
 
@@ -49,63 +49,56 @@ def test_key_loss_history_puts_the_stages_in_sequence(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_compare_runs_every_strategy_and_writes_the_comparison(cli, tmp_path) -> None:
-    out = tmp_path / "cmp"
-    code, _, err = cli("compare", str(QUICKSTART), "--output", str(out), *[f"--set={s}" for s in TINY])
-    assert code == 0, err
-    for strategy in COMPARED:
-        run = json.loads((out / strategy / "run.json").read_text())
-        assert run["recipe"]["strategy"] == strategy
-        assert run["steps"]["eval"]["status"] == "complete"
-        expected = Recipe.model_validate({**run["recipe"], "strategy": "sft"}).model_dump(mode="json")
-        assert run["recipe"] == {**expected, "strategy": strategy}  # identical settings otherwise
-    report = (out / "comparison.md").read_text()
-    for strategy in COMPARED:
-        assert f"| {strategy} |" in report
-    assert (out / "comparison.png").stat().st_size > 1000 and (out / "key_loss.png").stat().st_size > 1000
-    assert "sftkey_tag" in err and "| sft |" in err  # the table is printed too
-    figures = json.loads((out / "comparison.json").read_text())
-    assert set(figures["strategies"]) == set(COMPARED) and figures["seeds"] == [0]
-    for strategy in COMPARED:  # the same figures as the run's own evaluation
-        own = json.loads((out / strategy / "metrics.json").read_text())["sftkey_synthetic"]
-        pooled = figures["strategies"][strategy]["sftkey_synthetic"]
-        assert {key: pooled[key] for key in ("acc", "acc_se", "score", "score_se", "n")} == pytest.approx(
-            {key: own[key] for key in ("acc", "acc_se", "score", "score_se", "n")})
-    assert [(pair["a"], pair["b"]) for pair in figures["pairs"]] == PAIRS  # one task
-    assert PAIRS[-1] == ("sftkey_tag", "sft_tag")  # stage 2's own effect
-    for pair in figures["pairs"]:
-        assert set(pair) == {"a", "b", "task", "n", "seeds", "delta_acc", "delta_score", "p_mcnemar",
-                             "ci_acc", "ci_score", "verdict"}
-        assert 0 <= pair["p_mcnemar"] <= 1 and pair["ci_acc"][0] <= pair["delta_acc"] <= pair["ci_acc"][1]
-        assert f"| {pair['a']} − {pair['b']} | synthetic | 2 | 1 |" in report
-
-
-@pytest.mark.slow
-def test_compare_over_seeds_trains_each_seed_once_and_pools_them(cli, tmp_path) -> None:
+def test_compare_trains_every_strategy_once_per_seed_and_pools_them(cli, tmp_path) -> None:
     out = tmp_path / "cmp"
     tiny = [f"--set={s}" for s in [*TINY, "eval.limit=3"]]
     code, _, err = cli("compare", str(QUICKSTART), "--output", str(out), "--seeds", "3,4", *tiny)
     assert code == 0, err
     for strategy in COMPARED:
-        for seed in (3, 4):  # every stage of the seed's run trained from it
-            recipe = json.loads((out / f"seed-{seed}" / strategy / "run.json").read_text())["recipe"]
+        for seed in (3, 4):  # every stage of the seed's run trained from it, all else the same
+            run = json.loads((out / f"seed-{seed}" / strategy / "run.json").read_text())
+            recipe = run["recipe"]
             stages = [stage["training"]["seed"] for stage in recipe["stages"].values()]
             assert recipe["training"]["seed"] == seed and stages == [seed] * len(stages)
+            assert recipe["strategy"] == strategy and run["steps"]["eval"]["status"] == "complete"
+            expected = Recipe.model_validate({**recipe, "strategy": "sft"}).model_dump(mode="json")
+            assert recipe == {**expected, "strategy": strategy}  # identical settings otherwise
     figures = json.loads((out / "comparison.json").read_text())
-    assert figures["seeds"] == [3, 4]
-    for strategy in COMPARED:
+    assert figures["seeds"] == [3, 4] and set(figures["strategies"]) == set(COMPARED)
+    for strategy in COMPARED:  # the seeds' own evaluations, pooled
         pooled = figures["strategies"][strategy]["sftkey_synthetic"]
         runs = [json.loads((out / f"seed-{seed}" / strategy / "metrics.json").read_text())["sftkey_synthetic"]
                 for seed in (3, 4)]
         assert pooled["acc_seeds"] == pytest.approx([run["acc"] for run in runs])
-        assert pooled["acc"] == pytest.approx(sum(run["acc"] for run in runs) / 2) and pooled["seeds"] == 2
-    assert {pair["seeds"] for pair in figures["pairs"]} == {2}
+        assert pooled["score_seeds"] == pytest.approx([run["score"] for run in runs])
+        assert pooled["acc"] == pytest.approx(sum(run["acc"] for run in runs) / 2)
+        assert (pooled["seeds"], pooled["n"]) == (2, 3)
+    assert [(pair["a"], pair["b"]) for pair in figures["pairs"]] == PAIRS  # one task
+    assert PAIRS[-1] == ("sftkey_tag", "sft_tag")  # stage 2's own effect
     report = (out / "comparison.md").read_text()
     assert "mean over 2 training seeds (3, 4)" in report and "[sd " in report
+    for strategy in COMPARED:
+        assert f"| {strategy} |" in report
+    assert (out / "comparison.png").stat().st_size > 1000 and (out / "key_loss.png").stat().st_size > 1000
+    assert "sftkey_tag" in err and "| sft |" in err  # the report is printed too
+    for pair in figures["pairs"]:
+        assert set(pair) == {"a", "b", "task", "n", "seeds", "delta_acc", "delta_score", "p_mcnemar",
+                             "ci_acc", "ci_score", "verdict"}
+        assert 0 <= pair["p_mcnemar"] <= 1 and pair["ci_acc"][0] <= pair["delta_acc"] <= pair["ci_acc"][1]
+        assert f"| {pair['a']} − {pair['b']} | synthetic | 3 | 2 |" in report
     # Resumable: a rerun trains nothing and writes the same figures.
     code, _, err = cli("compare", str(QUICKSTART), "--output", str(out), "--seeds", "3,4", *tiny)
     assert code == 0 and "stage1:" not in err
     assert json.loads((out / "comparison.json").read_text()) == figures
+
+
+def test_one_seed_keeps_a_run_per_strategy_and_several_get_a_folder_each(tmp_path) -> None:
+    layout = CompareLayout(tmp_path)
+    assert layout.run("sft").root == tmp_path / "sft"  # a comparison without --seeds
+    assert layout.run("sft", 2).root == tmp_path / "seed-2" / "sft"
+    recipe = load_recipe(QUICKSTART).with_seed(7)
+    assert {recipe.stage(name).training.seed for name in ("stage1", "stage2")} == {7}
+    assert recipe.data.synthetic.seed == 0  # the data, and so the test items, stay
 
 
 def test_compare_needs_tasks_to_evaluate_on(cli, tmp_path) -> None:

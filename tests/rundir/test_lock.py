@@ -105,8 +105,10 @@ def test_fresh_keeps_the_lock_and_a_foreign_directory_gets_none(cli, tmp_path) -
 def test_two_runs_started_together_leave_one_whole_run(cli, tmp_path) -> None:
     """Two `run`s into one directory: the second exits 2 at once, the first finishes whole."""
     run_dir = tmp_path / "run"
+    shortest = [*SMALL, "stages.stage1.training.max_steps=2", "stages.stage2.training.max_steps=2",
+                "training.save_steps=100"]
     command = [sys.executable, "-m", "sftkey_lora", "run", str(QUICKSTART), "--output", str(run_dir),
-               *as_set_flags(SMALL)]
+               *as_set_flags(shortest)]
     first = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True,
                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
     while not (run_dir / "run.lock.json").exists():
