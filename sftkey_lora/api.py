@@ -50,7 +50,7 @@ def run(recipe: Recipe, output: str | Path | None = None, fresh: bool = False) -
 
         require_unsloth()  # before transformers is imported, so that its patches apply
     with holding(RunLayout(run_dir)):  # a directory in use refused before the heavy imports
-        from .run import run_recipe
+        from .pipeline import run_recipe
 
         return run_recipe(recipe, run_dir, fresh=fresh)
 
@@ -90,7 +90,7 @@ def compare(recipe: Recipe, output: str | Path | None = None, fresh: bool = Fals
             seeds: list[int] | None = None) -> dict[str, Any]:
     """Every strategy trained and evaluated with the recipe's settings (once per seed where
     `seeds` are given); writes comparison.md and comparison.json, returns the figures."""
-    from .compare import compare as compare_strategies
+    from .comparison import compare as compare_strategies
 
     out = Path(output) if output is not None else default_output(recipe, "-compare")
     return compare_strategies(recipe, out, fresh, seeds)
@@ -100,7 +100,7 @@ def export(run_dir: str | Path, output: str | Path | None = None) -> Path:
     """A finished run's final model as one plain model directory (default `RUN/final/`):
     weights merged in the checkpoint's dtype, tokenizer with the tags, generation config,
     model card. Returns where it went."""
-    from .export import export_run
+    from .model_export import export_run
 
     return export_run(Path(run_dir), Path(output) if output is not None else None)
 

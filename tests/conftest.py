@@ -56,8 +56,8 @@ def real_models(tmp_path_factory):
 def small_run(tmp_path_factory):
     """(recipe, record) of the quickstart cut to a few steps per stage, then evaluated on 4
     problems: trained once, read by many tests. Tests that change it work on a copy."""
+    from sftkey_lora.pipeline import run_recipe
     from sftkey_lora.recipe import load_recipe
-    from sftkey_lora.run import run_recipe
 
     recipe = load_recipe(QUICKSTART, SMALL + SMALL_EVAL)
     return recipe, run_recipe(recipe, tmp_path_factory.mktemp("small") / "run", say=quiet)

@@ -77,8 +77,8 @@ def matrix() -> list[tuple[str, str]]:
 
 def run(name: str, variant: str, model_dir: Path, output: Path) -> tuple[Any, Any]:
     """Train (and for the 4-bit run, evaluate) `variant` of architecture `name`: (recipe, record)."""
+    from sftkey_lora.pipeline import run_recipe
     from sftkey_lora.recipe import load_recipe
-    from sftkey_lora.run import run_recipe
 
     recipe, tag_overrides, _ = TAGS[ARCHITECTURES[name].tags]
     overrides = [f"model.name_or_path={model_dir}", *tag_overrides, *SMALL, *VARIANTS[variant],

@@ -57,9 +57,9 @@ def holdout_batches(recipe, segments: bool = False) -> list[dict]:
     """The held-out examples a run of `recipe` probes, encoded and batched as the run does
     (`segments`: with the thinking/key masks the held-out losses read)."""
     from sftkey_lora.data import load_examples
+    from sftkey_lora.pipeline import split_holdout
     from sftkey_lora.prep.collate import Collator, batches, pad_id
     from sftkey_lora.prep.masks import encode_examples
-    from sftkey_lora.run import split_holdout
     from sftkey_lora.train.loading import run_tokenizer
     from sftkey_lora.train.plan import plan_tokenizer
 

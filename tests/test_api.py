@@ -31,6 +31,21 @@ def test_the_readme_example_runs_as_written(tmp_path, monkeypatch, capsys) -> No
     assert (tmp_path / "adapters" / "api-demo" / "stage2" / "adapter_model.safetensors").is_file()
 
 
+def test_the_api_names_stay_functions_once_every_module_is_loaded() -> None:
+    """A submodule named like an API function would replace it on the package when imported."""
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.iter_modules(sftkey_lora.__path__):
+        if module.name not in ("__main__",):
+            importlib.import_module(f"sftkey_lora.{module.name}")
+    from sftkey_lora import api
+
+    for name in sftkey_lora.__all__:
+        assert getattr(sftkey_lora, name) is getattr(api, name, None) or name in ("Recipe", "UserError")
+        assert callable(getattr(sftkey_lora, name)), name
+
+
 def test_overrides_are_a_mapping_or_the_cli_items() -> None:
     overrides = {"data.limit": 100, "format.system_prompt": "Hi: x", "eval.tasks": []}
     as_mapping = load_recipe(QUICKSTART, overrides)

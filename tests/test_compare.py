@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sftkey_lora.compare import COMPARED, PAIRS, key_loss_history
+from sftkey_lora.comparison import COMPARED, PAIRS, key_loss_history
 from sftkey_lora.evaluation.report import results_table
 from sftkey_lora.recipe import Recipe, load_recipe
 from sftkey_lora.rundir.layout import CompareLayout, RunLayout

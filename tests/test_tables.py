@@ -8,7 +8,7 @@ import re
 from typing import get_args
 
 from sftkey_lora.bench.contest import STAGE_LABELS
-from sftkey_lora.compare import COMPARED
+from sftkey_lora.comparison import COMPARED
 from sftkey_lora.data import SOURCES, task_name
 from sftkey_lora.evaluation.harness import tasks_dir
 from sftkey_lora.evaluation.tasks import TASKS

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
+from sftkey_lora.pipeline import run_recipe
 from sftkey_lora.recipe import load_recipe
-from sftkey_lora.run import run_recipe
 from tests.support import ROOT
 
 FULL = ROOT / "recipes" / "quickstart-full.yaml"

@@ -52,7 +52,8 @@ def test_what_unsloth_cannot_train_is_refused(override: str, named: str, capsys)
 def test_the_default_backend_never_imports_unsloth(tmp_path: Path) -> None:
     """A stand-in `unsloth` on the path would announce any import of it."""
     (tmp_path / "unsloth.py").write_text("raise SystemExit('unsloth was imported')\n")
-    code = ("import sftkey_lora.cli, sftkey_lora.run, sftkey_lora.train.stage, sftkey_lora.bench.worker; "
+    code = ("import sftkey_lora.cli, sftkey_lora.pipeline, sftkey_lora.train.stage, "
+            "sftkey_lora.bench.worker; "
             "from sftkey_lora.cli import main; "
             f"raise SystemExit(main(['run', {str(QUICKSTART)!r}, '--dry-run']))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -20,9 +20,9 @@ from typing import Any
 from .errors import UserError
 from .evaluation.report import metric_titles, results_table
 from .evaluation.significance import LEVEL, Pair, compare_samples, pairs_table, pooled_metrics, read_samples
+from .pipeline import run_recipe
 from .plots import plot_key_loss_curves, plot_metric_bars
 from .recipe import Recipe
-from .run import run_recipe
 from .rundir.files import write_json_atomic, write_text_atomic
 from .rundir.layout import EVAL_STEP, CompareLayout
 from .rundir.outcomes import EvalOutcome, StageOutcome
