@@ -11,6 +11,7 @@ nothing a server has to understand beyond a plain causal LM.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from .rundir.files import replace_dir, write_json_atomic, write_text_atomic
 from .rundir.layout import EXPORTED_RECIPE, RunLayout, temporary
 from .rundir.lock import holding
 from .rundir.record import RunRecord, is_run, recorded_recipe
+from .strategies import STRATEGIES
 from .train.plan import FinalModel, plan_run
 
 
@@ -38,6 +40,9 @@ def export_run(run_dir: Path, output: Path | None = None) -> Path:
         raise UserError(f"{run_dir}: {', '.join(unfinished)} not complete; finish the run first "
                         "(`sftkey-lora run` with its recipe resumes it)")
     out = output or layout.export_dir
+    if out.exists() and not (out / EXPORTED_RECIPE).is_file() and any(out.iterdir()):
+        raise UserError(f"--output {out}: the directory is not empty and holds no earlier export; "
+                        "choose an empty or new directory")
     with holding(layout):
         tmp = temporary(out)
         model, tokenizer = final_model(plan.final)
@@ -47,8 +52,19 @@ def export_run(run_dir: Path, output: Path | None = None) -> Path:
         tokenizer.save_pretrained(tmp)
         write_text_atomic(tmp / "README.md", model_card(record.data, plan.final, out))
         write_json_atomic(tmp / EXPORTED_RECIPE, record.data["recipe"])
+        readable_as_umask_allows(tmp)
         replace_dir(tmp, out)
     return out
+
+
+def readable_as_umask_allows(folder: Path) -> None:
+    """transformers writes weights through a private temporary file (mode 0600); an export is
+    meant to be served, often by another user, so every file gets the mode the umask gives."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
 
 
 def final_model(final: FinalModel) -> tuple[Any, Any]:
@@ -87,6 +103,6 @@ def model_card(record: dict[str, Any], final: FinalModel, out: Path) -> str:
         f'model = AutoModelForCausalLM.from_pretrained("{out}")',
         f'tokenizer = AutoTokenizer.from_pretrained("{out}")', "```", "",
         "Prompts as in training: the recipe's `format` below. The response is "
-        + ("the thinking and the answer between the recipe's tags." if recipe["strategy"] != "sft"
+        + ("the thinking and the answer between the recipe's tags." if STRATEGIES[recipe["strategy"]].tagged
            else "the reasoning, the separator, then the answer."), "",
         "## Recipe", "", "```yaml", yaml.safe_dump(recipe, sort_keys=False).strip(), "```", ""])

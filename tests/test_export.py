@@ -30,6 +30,9 @@ def test_the_export_gives_the_logits_of_stage1_merged_with_the_stage2_adapter(ex
 
     layout, out = exported
     names = sorted(path.name for path in out.iterdir())
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {path.stat().st_mode & 0o777 for path in out.iterdir()} == {0o666 & ~umask}  # servable by others
     assert "model.safetensors" in names and not any(name.startswith("adapter") for name in names)
     assert {"README.md", "generation_config.json", "sftkey_recipe.json", "tokenizer.json"} <= set(names)
     tokenizer = AutoTokenizer.from_pretrained(out)
@@ -77,3 +80,19 @@ def test_an_unfinished_run_or_no_run_is_not_exported(cli, tmp_path) -> None:
     assert not (run_dir / "final").exists()
     code, _, err = cli("export", str(tmp_path))
     assert code == 2 and "not a run directory (no run.json)" in err
+
+
+@pytest.mark.slow
+def test_an_export_replaces_an_earlier_export_and_nothing_else(small_run, cli, tmp_path) -> None:
+    _, record = small_run
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    code, _, err = cli("export", str(record.layout.root), "--output", str(mine))
+    assert code == 2 and f"--output {mine}: the directory is not empty and holds no earlier export" in err
+    assert [path.name for path in mine.iterdir()] == ["notes.txt"]
+    again = tmp_path / "again"
+    for _ in range(2):  # an earlier export is replaced whole
+        code, out, err = cli("export", str(record.layout.root), "--output", str(again))
+        assert code == 0, err
+        assert out.startswith(f"exported {again} (") and (again / "model.safetensors").is_file()
