@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 
@@ -25,10 +26,14 @@ def test_the_readme_example_runs_as_written(tmp_path, monkeypatch, capsys) -> No
     namespace: dict = {}
     exec(compile(readme_example(), "README.md", "exec"), namespace)
     printed = capsys.readouterr().out.splitlines()
-    assert 0 <= float(printed[0]) <= 1 and printed[1] == "no significant difference"
-    assert namespace["record"].steps["stage2"]["status"] == "complete"
-    assert namespace["metrics"]["sftkey_synthetic"]["n"] == 4
-    assert (tmp_path / "adapters" / "api-demo" / "stage2" / "adapter_model.safetensors").is_file()
+    acc = float(printed[0])
+    delta, p, verdict = printed[1].split(" ", 2)
+    pair = namespace["pair"]
+    assert pair.n == 8 and namespace["record"].steps["stage2"]["status"] == "complete"
+    base = json.loads((tmp_path / "evals" / "api-demo-base" / "metrics.json").read_text())["sftkey_synthetic"]
+    assert float(delta) == pytest.approx(acc - base["acc"]) and 0 <= float(p) <= 1
+    assert verdict in ("better", "worse", "no significant difference")
+    assert printed[2] == "adapters/api-demo/final" and (tmp_path / printed[2] / "model.safetensors").is_file()
 
 
 def test_the_api_names_stay_functions_once_every_module_is_loaded() -> None:
