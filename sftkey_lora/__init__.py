@@ -4,8 +4,9 @@ merged; a second one on the key tokens after the thinking), its evaluation and c
 The Python API (`sftkey_lora.api`); every command of the CLI is one of these calls.
 """
 
-from .api import compare, evaluate, export, load_recipe, run, significance
+from .api import compare, evaluate, export, load_recipe, run, set_verbosity, significance
 from .errors import UserError
 from .recipe import Recipe
 
-__all__ = ["Recipe", "UserError", "compare", "evaluate", "export", "load_recipe", "run", "significance"]
+__all__ = ["Recipe", "UserError", "compare", "evaluate", "export", "load_recipe", "run", "set_verbosity",
+           "significance"]

@@ -8,6 +8,7 @@ is a thin layer over it. A user error raises `UserError` (the CLI turns it into 
     model_dir = export("adapters/mine")
 
 Heavy libraries (torch, transformers, lm-eval) are imported only when a function needs them.
+The functions print what the CLI prints; `set_verbosity("quiet")` or `("verbose")` changes it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
+from .output import ensure_output, logged_to, set_verbosity
 from .recipe import Recipe, apply_override, validate_recipe
 from .recipe import load_recipe as _read_recipe
 from .rundir.layout import RunLayout
@@ -28,6 +30,8 @@ if TYPE_CHECKING:
     from .rundir.record import RunRecord
     from .train.plan import EvalStep
 
+__all__ = ["compare", "default_output", "evaluate", "export", "load_recipe", "run", "set_verbosity",
+           "significance"]
 Overrides = Mapping[str, Any] | Sequence[str] | None
 
 
@@ -44,6 +48,7 @@ def default_output(recipe: Recipe, suffix: str = "") -> Path:
 def run(recipe: Recipe, output: str | Path | None = None, fresh: bool = False) -> RunRecord:
     """Train every stage of the recipe's strategy not yet complete, then evaluate; the run
     directory is held throughout, and refused if another process holds it."""
+    ensure_output()
     run_dir = Path(output) if output is not None else default_output(recipe)
     if recipe.model.backend == "unsloth":
         from .train.unsloth import require_unsloth
@@ -61,6 +66,7 @@ def evaluate(target: str | Path, tasks: list[str] | None = None, limit: int | No
     """Evaluate a run directory (its final model, with its own recipe, into its directory), or
     any model as it is (a hub id, a directory, `builtin:tiny`) with `recipe`'s format and
     evaluation settings into `output` (default `evals/<model name>/`). Returns the metrics."""
+    ensure_output()
     from .evaluation.runner import evaluate_model, evaluate_run
     from .rundir.record import RunRecord, is_run, recorded_recipe
     from .train.plan import plan_evaluation
@@ -72,7 +78,7 @@ def evaluate(target: str | Path, tasks: list[str] | None = None, limit: int | No
         if recipe is not None or output is not None:
             raise UserError("--recipe / --output: a run is evaluated with its own recipe, into its directory")
         own = recorded_recipe(layout, _as_items(overrides))
-        with holding(layout):
+        with holding(layout), logged_to(layout.log_file):
             record = RunRecord.open(layout, own, fresh=False)  # refuses a change to what was trained
             return evaluate_run(own, record, _evaluation(plan_evaluation(own, tasks, limit)))
     base = recipe if isinstance(recipe, Recipe) else load_recipe(recipe) if recipe else Recipe()
@@ -90,6 +96,7 @@ def compare(recipe: Recipe, output: str | Path | None = None, fresh: bool = Fals
             seeds: list[int] | None = None) -> dict[str, Any]:
     """Every strategy trained and evaluated with the recipe's settings (once per seed where
     `seeds` are given); writes comparison.md and comparison.json, returns the figures."""
+    ensure_output()
     from .comparison import compare as compare_strategies
 
     out = Path(output) if output is not None else default_output(recipe, "-compare")
@@ -100,6 +107,7 @@ def export(run_dir: str | Path, output: str | Path | None = None) -> Path:
     """A finished run's final model as one plain model directory (default `RUN/final/`):
     weights merged in the checkpoint's dtype, tokenizer with the tags, generation config,
     model card. Returns where it went."""
+    ensure_output()
     from .model_export import export_run
 
     return export_run(Path(run_dir), Path(output) if output is not None else None)
@@ -107,6 +115,7 @@ def export(run_dir: str | Path, output: str | Path | None = None) -> Path:
 
 def significance(a: str | Path, b: str | Path) -> list[Pair]:
     """The paired differences a − b of two evaluations on every task both were evaluated on."""
+    ensure_output()
     from .evaluation.significance import compare_evaluations
 
     return compare_evaluations(Path(a), Path(b))

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
+from .output import set_verbosity
 from .recipe import load_recipe
 
 EXIT_USER_ERROR = 2
@@ -53,7 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
                       help="where to write it (default: the package's builtin/tiny)")
     tiny.add_argument("--steps", type=int, help="pre-training steps (default 3000)")
     tiny.add_argument("--seed", type=int, help="seed of data and initialisation (default 0)")
+    for command in commands.choices.values():
+        _output_args(command)
     return parser
+
+
+def _output_args(parser: argparse.ArgumentParser) -> None:
+    chosen = parser.add_mutually_exclusive_group()
+    chosen.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const="quiet",
+                        default="normal", help="print only results, warnings and errors (no progress)")
+    chosen.add_argument("-v", "--verbose", dest="verbosity", action="store_const", const="verbose",
+                        help="also print each logging step's figures and every library message "
+                             "(the run directory's run.log keeps them all whatever is chosen)")
 
 
 def _eval_parsers(commands: argparse._SubParsersAction) -> None:
@@ -254,6 +266,7 @@ COMMANDS = {"inspect": cmd_inspect, "run": cmd_run, "eval": cmd_eval, "compare":
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    set_verbosity(args.verbosity)
     try:
         COMMANDS[args.command](args)
     except UserError as err:

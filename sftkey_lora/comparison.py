@@ -10,9 +10,8 @@ items with their significance (`evaluation.significance`), and `comparison.json`
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from .errors import UserError
 from .evaluation.report import metric_titles, results_table
 from .evaluation.significance import LEVEL, Pair, compare_samples, pairs_table, pooled_metrics, read_samples
+from .output import RESULT, logged_to
 from .pipeline import run_recipe
 from .plots import plot_key_loss_curves, plot_metric_bars
 from .recipe import Recipe
@@ -32,25 +32,31 @@ from .strategies import BASELINE, METHOD, METHOD_STAGE1, STAGE_NAMES, STRATEGIES
 COMPARED = tuple(STRATEGIES)  # every strategy, the baseline first
 # Every strategy against the baseline, and the method against its stage 1 alone (stage 2's effect).
 PAIRS = [(name, BASELINE) for name in COMPARED if name != BASELINE] + [(METHOD, METHOD_STAGE1)]
+log = logging.getLogger(__name__)
 
 
-def compare(recipe: Recipe, out_dir: Path, fresh: bool = False, seeds: list[int] | None = None,
-            say: Callable[[str], None] = lambda text: print(text, file=sys.stderr)) -> dict[str, Any]:
+def compare(recipe: Recipe, out_dir: Path, fresh: bool = False, seeds: list[int] | None = None
+            ) -> dict[str, Any]:
     """Run every strategy (once per seed, where `seeds` are given; skipping what is already
-    complete) and write the comparison."""
+    complete) and write the comparison; its messages also go to `compare.log` there."""
     if not recipe.eval_tasks():
         raise UserError("eval.tasks: a comparison is made of evaluations; give the tasks to evaluate on "
                         "(and eval.path for a jsonl source)")
     layout = CompareLayout(out_dir)
+    with logged_to(layout.log_file):
+        return _compare(recipe, layout, fresh, seeds)
+
+
+def _compare(recipe: Recipe, layout: CompareLayout, fresh: bool, seeds: list[int] | None) -> dict[str, Any]:
     records: dict[str, list[RunRecord]] = {name: [] for name in COMPARED}
     seconds = dict.fromkeys(COMPARED, 0.0)
     for seed in seeds or [None]:
         seeded = recipe if seed is None else recipe.with_seed(seed)
         for strategy in COMPARED:
-            say(f"== {strategy}" + ("" if seed is None else f", seed {seed}"))
+            log.info(f"== {strategy}" + ("" if seed is None else f", seed {seed}"))
             started = time.perf_counter()
             records[strategy].append(run_recipe(seeded.model_copy(update={"strategy": strategy}),
-                                                layout.run(strategy, seed).root, fresh=fresh, say=say))
+                                                layout.run(strategy, seed).root, fresh=fresh))
             seconds[strategy] += time.perf_counter() - started
     samples = {name: {task: [read_samples(record.layout.samples_file(task)) for record in runs]
                       for task in _tasks(runs[0])} for name, runs in records.items()}
@@ -66,7 +72,7 @@ def compare(recipe: Recipe, out_dir: Path, fresh: bool = False, seeds: list[int]
     write_json_atomic(layout.json_file, {"seeds": seeds or [recipe.training.seed], "strategies": results,
                                          "pairs": [asdict(pair) for pair in pairs]})
     write_text_atomic(layout.report_file, report)
-    say(report)
+    log.log(RESULT, report)
     return results
 
 

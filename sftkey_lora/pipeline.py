@@ -8,9 +8,9 @@ when the same command runs again; a stage interrupted mid-way resumes from its l
 
 from __future__ import annotations
 
+import logging
 import random
-import sys
-from collections.abc import Callable
+from contextlib import nullcontext
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from typing import Any
 from .data import load_examples
 from .errors import UserError
 from .evaluation.runner import evaluate_run
+from .output import RESULT, logged_to
 from .plots import plot_stage_losses
 from .prep.collate import Collator, batches, pad_id
 from .prep.masks import Encoded, encode_examples
@@ -31,47 +32,47 @@ from .train.distributed import is_main, wait_for_everyone
 from .train.guards import disk_full_stops
 from .train.plan import MergeStep, RunPlan, StageStep, TrainingStep, plan_run
 
-Say = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 
-def run_recipe(recipe: Recipe, run_dir: Path, fresh: bool = False,
-               say: Say = lambda text: print(text, file=sys.stderr)) -> RunRecord:
+def run_recipe(recipe: Recipe, run_dir: Path, fresh: bool = False) -> RunRecord:
     """Execute every planned step not yet complete, then evaluate unless this evaluation is
-    recorded; the run directory is held throughout (`rundir.lock`). With several processes
-    all train; the main one alone merges, evaluates, reports."""
-    if not is_main():
-        say = _silent
+    recorded; the run directory is held throughout (`rundir.lock`) and its messages go to
+    `run.log`. With several processes all train; the main one alone merges, evaluates, reports."""
     layout = RunLayout(run_dir)
     with holding(layout):
         record = RunRecord.open(layout, recipe, fresh)
-        plan = plan_run(recipe, layout)
-        pending = [step for step in plan.steps if record.status(step.name) != "complete"]
-        if not pending:
-            say(f"{run_dir}: every stage is complete (--fresh starts over)")
-        execution = _Execution(recipe, plan, record, say)
-        for step in pending:
-            execution.run(step)
-        summary = summary_table(record.steps)
-        say(summary)
-        evaluation = plan.evaluation
-        if not is_main():
-            return record
-        if evaluation is not None and not evaluation.done_by(record.outcome(EVAL_STEP, EvalOutcome)):
-            evaluate_run(recipe, record, evaluation, training=summary, say=say)
-        elif evaluation is None and recipe.eval.tasks == "auto":
-            say("eval: skipped; set eval.path to a test file in the data source's schema to evaluate on it")
+        with logged_to(layout.log_file) if is_main() else nullcontext():
+            _run_steps(recipe, record)
     return record
 
 
-def _silent(text: str) -> None:
-    """What processes other than the main one say: nothing, the main one says it all."""
+def _run_steps(recipe: Recipe, record: RunRecord) -> None:
+    plan = plan_run(recipe, record.layout)
+    log.info(f"{record.layout.root}: {recipe.strategy} on {recipe.model.name_or_path}, "
+             f"steps {' -> '.join(step.name for step in plan.steps)}")
+    pending = [step for step in plan.steps if record.status(step.name) != "complete"]
+    if not pending:
+        log.info(f"{record.layout.root}: every stage is complete (--fresh starts over)")
+    execution = _Execution(recipe, plan, record)
+    for step in pending:
+        execution.run(step)
+    summary = summary_table(record.steps)
+    log.log(RESULT, summary)
+    evaluation = plan.evaluation
+    if not is_main():
+        return
+    if evaluation is not None and not evaluation.done_by(record.outcome(EVAL_STEP, EvalOutcome)):
+        evaluate_run(recipe, record, evaluation, training=summary)
+    elif evaluation is None and recipe.eval.tasks == "auto":
+        log.info("eval: skipped; set eval.path to a test file in the data source's schema to evaluate on it")
 
 
 class _Execution:
     """What the steps of one run share, loaded once and only if a step needs it."""
 
-    def __init__(self, recipe: Recipe, plan: RunPlan, record: RunRecord, say: Say) -> None:
-        self.recipe, self.plan, self.record, self.say = recipe, plan, record, say
+    def __init__(self, recipe: Recipe, plan: RunPlan, record: RunRecord) -> None:
+        self.recipe, self.plan, self.record = recipe, plan, record
 
     def run(self, step: TrainingStep) -> None:
         if isinstance(step, MergeStep):
@@ -108,7 +109,7 @@ class _Execution:
             if self.record.status(step.name) != "running":
                 remove_checkpoints(layout)  # left by an earlier stage, never this one's
             for name in remove_partial_checkpoints(layout):
-                self.say(f"{step.name}: {name} was cut short while being saved; removed, resuming from "
+                log.warning(f"{step.name}: {name} was cut short while being saved; removed, resuming from "
                          "the one before")
         wait_for_everyone()  # every process resumes from the same checkpoint, or none
         self.record.start(step.name)
@@ -123,7 +124,7 @@ class _Execution:
         wait_for_everyone()
 
     def _merge(self, step: MergeStep) -> None:
-        self.say(f"merging stage1 into 16-bit weights ({step.choice} base) ...")
+        log.info(f"merging stage1 into 16-bit weights ({step.choice} base) ...")
         if is_main():  # the main process merges; the others wait for its output
             from .train.merge import merge_stage1
 

@@ -14,7 +14,7 @@ import tempfile
 
 import pytest
 
-from tests.support import QUICKSTART, SMALL, SMALL_EVAL, quiet
+from tests.support import QUICKSTART, SMALL, SMALL_EVAL
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -60,7 +60,7 @@ def small_run(tmp_path_factory):
     from sftkey_lora.recipe import load_recipe
 
     recipe = load_recipe(QUICKSTART, SMALL + SMALL_EVAL)
-    return recipe, run_recipe(recipe, tmp_path_factory.mktemp("small") / "run", say=quiet)
+    return recipe, run_recipe(recipe, tmp_path_factory.mktemp("small") / "run")
 
 
 @pytest.fixture

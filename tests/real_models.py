@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.real_tokenizers import tokenizer_dir
-from tests.support import ROOT, quiet
+from tests.support import ROOT
 
 SHAPE = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
          "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 2048}
@@ -84,7 +84,7 @@ def run(name: str, variant: str, model_dir: Path, output: Path) -> tuple[Any, An
     overrides = [f"model.name_or_path={model_dir}", *tag_overrides, *SMALL, *VARIANTS[variant],
                  *(EVAL if variant == "4-bit" else ("eval.tasks=[]",))]
     loaded = load_recipe(ROOT / "recipes" / recipe, overrides)
-    return loaded, run_recipe(loaded, output, say=quiet)
+    return loaded, run_recipe(loaded, output)
 
 
 def build(name: str, folder: Path, seed: int = 0) -> Path:

@@ -28,10 +28,6 @@ def as_set_flags(overrides: list[str]) -> list[str]:
     return [f"--set={item}" for item in overrides]
 
 
-def quiet(_: str) -> None:
-    """A `say` that prints nothing."""
-
-
 # What complete steps record, for tests of what reads run.json.
 MERGED = MergeOutcome(seconds=2.0, kl={"original": 1.1e-3, "nf4": 3.2e-4}, base="nf4", chosen_by="lowest KL")
 

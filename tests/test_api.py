@@ -66,7 +66,7 @@ def test_the_package_exports_the_api_without_loading_torch() -> None:
     import sys
 
     assert set(sftkey_lora.__all__) == {"Recipe", "UserError", "compare", "evaluate", "export", "load_recipe",
-                                        "run", "significance"}
+                                        "run", "set_verbosity", "significance"}
     check = ("import sys, sftkey_lora; "
              "print(sorted(m for m in ('torch', 'transformers', 'lm_eval') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=ROOT,

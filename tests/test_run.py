@@ -28,7 +28,6 @@ from tests.support import (
     SMALL_EVAL,
     as_set_flags,
     holdout_batches,
-    quiet,
 )
 
 slow = pytest.mark.slow
@@ -109,9 +108,9 @@ def test_merged_model_matches_the_stage1_model_within_the_recorded_kl(small_run)
 def test_rerun_skips_completed_stages(small_run) -> None:
     recipe, record = small_run
     before = (record.run_dir / "run.json").read_text()
-    messages = []
-    run_recipe(recipe, record.run_dir, say=messages.append)
-    assert "every stage is complete" in messages[0]
+    logged = (record.run_dir / "run.log").read_text()
+    run_recipe(recipe, record.run_dir)
+    assert "every stage is complete" in (record.run_dir / "run.log").read_text().removeprefix(logged)
     assert (record.run_dir / "run.json").read_text() == before
 
 
@@ -186,10 +185,10 @@ def test_changed_eval_settings_reevaluate_without_training(small_run, tmp_path) 
 
     copy = tmp_path / "run"
     shutil.copytree(small_run[1].run_dir, copy)
-    messages: list[str] = []
+    logged = (copy / "run.log").read_text()
     recipe = load_recipe(QUICKSTART, SMALL + SMALL_EVAL + ["eval.limit=3"])
-    record = run_recipe(recipe, copy, say=messages.append)
-    assert "every stage is complete" in messages[0]
+    record = run_recipe(recipe, copy)
+    assert "every stage is complete" in (copy / "run.log").read_text().removeprefix(logged)
     assert record.data["steps"]["eval"]["metrics"]["sftkey_synthetic"]["n"] == 3
     steps = record.data["steps"]
     assert (steps["stage1"]["steps"], steps["stage2"]["steps"]) == (6, 4)  # not trained again
@@ -239,7 +238,7 @@ def adapters(run_dir: Path) -> dict[str, torch.Tensor]:
 def test_killed_twice_and_rerun_ends_with_the_uninterrupted_adapters(tmp_path) -> None:
     """SIGKILL in stage 1 (as checkpoint-4 is written) and again in stage 2, then the same
     command: the adapters equal those of a run never interrupted (CPU, fixed seed)."""
-    reference = run_recipe(load_recipe(QUICKSTART, KILLED), tmp_path / "reference", say=quiet)
+    reference = run_recipe(load_recipe(QUICKSTART, KILLED), tmp_path / "reference")
     run_dir = tmp_path / "killed"
     run_until(run_dir, run_dir / "checkpoint-4" / "adapter_model.safetensors")
     assert json.loads((run_dir / "run.json").read_text())["steps"]["stage1"]["status"] == "running"
@@ -249,7 +248,7 @@ def test_killed_twice_and_rerun_ends_with_the_uninterrupted_adapters(tmp_path) -
     assert record["steps"]["stage1"]["status"] == "complete"
     assert record["steps"]["stage2"]["status"] == "running"
 
-    resumed = run_recipe(load_recipe(QUICKSTART, KILLED), run_dir, say=quiet).data["steps"]
+    resumed = run_recipe(load_recipe(QUICKSTART, KILLED), run_dir).data["steps"]
     assert resumed["stage2"]["resumed_from"].startswith("checkpoint-")
     assert resumed["stage1"]["steps"] == 12 and resumed["stage2"]["steps"] == 8
     logged = [entry["step"] for entry in resumed["stage2"]["log_history"] if "loss" in entry]
@@ -292,7 +291,7 @@ def test_added_tag_tokens_are_trained_and_merged(small_run) -> None:
 ])
 def test_one_stage_strategies(tmp_path, strategy: str, extra: list[str], labels: str) -> None:
     overrides = SMALL + [f"strategy={strategy}", "stages.stage1.training.max_steps=2", *extra]
-    record = run_recipe(load_recipe(QUICKSTART, overrides), tmp_path / "out", say=quiet)
+    record = run_recipe(load_recipe(QUICKSTART, overrides), tmp_path / "out")
     assert list(record.data["steps"]) == ["stage1"]
     assert record.data["steps"]["stage1"]["labels"] == labels
     assert (tmp_path / "out" / "stage1" / "adapter_model.safetensors").is_file()
@@ -309,7 +308,7 @@ def test_a_run_is_reproducible(tmp_path) -> None:
     overrides = SMALL + ["strategy=sft_tag", "stages.stage1.training.max_steps=2"]
     adapters = []
     for name in ("a", "b"):
-        run_recipe(load_recipe(QUICKSTART, overrides), tmp_path / name, say=quiet)
+        run_recipe(load_recipe(QUICKSTART, overrides), tmp_path / name)
         adapters.append(load_file(tmp_path / name / "stage1" / "adapter_model.safetensors"))
     assert adapters[0].keys() == adapters[1].keys()
     assert all(torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])
@@ -324,7 +323,7 @@ def test_full_parameter_mode_trains_every_weight_and_continues_from_stage1(tmp_p
     overrides = SMALL + ["stages.stage1.training.max_steps=3", "stages.stage2.training.max_steps=2",
                          "eval.tasks=[sftkey_synthetic]", "eval.limit=2", "eval.max_gen_toks=32"]
     recipe = load_recipe(QUICKSTART_FULL, overrides)
-    record = run_recipe(recipe, tmp_path / "out", say=quiet)
+    record = run_recipe(recipe, tmp_path / "out")
     steps = record.data["steps"]
     assert list(steps) == ["stage1", "stage2", "eval"]  # no merge: there is no adapter to merge
     run_dir = tmp_path / "out"

@@ -9,15 +9,16 @@ Writes `metrics.json` ({task: {acc, fmt, score, …}}) and `samples/<task>.jsonl
 from __future__ import annotations
 
 import json
+import logging
 import statistics
-import sys
 import sysconfig
 import time
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..output import RESULT, bars_disabled, route_library_logs
 from ..recipe import EvalConfig
 from ..rundir.files import replace_dir, write_json_atomic
 from ..rundir.layout import RunLayout, temporary
@@ -25,6 +26,8 @@ from .judge import Case, check_reachable, judge_all
 from .metrics import METRICS, score
 from .significance import combined_error, standard_error
 from .tasks import grade_document
+
+log = logging.getLogger(__name__)
 
 # ./eval_tasks of a checkout, else the copy a wheel installs under <prefix>/share.
 TASKS_DIRS = (Path(__file__).resolve().parents[2] / "eval_tasks",
@@ -47,11 +50,12 @@ def task_manager(metadata: dict[str, Any]):
 
 
 def evaluate(model: Any, tokenizer: Any, tasks: list[str], cfg: EvalConfig, metadata: dict[str, Any],
-             out: RunLayout, limit: int | None = None,
-             say: Callable[[str], None] = lambda text: print(text, file=sys.stderr)) -> dict[str, Any]:
+             out: RunLayout, limit: int | None = None) -> dict[str, Any]:
     """Generate, grade (and judge), then write metrics.json and samples/; returns the metrics."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
+
+    route_library_logs()
 
     manager = task_manager({**metadata, "alpha": cfg.alpha})
     unknown = [task for task in tasks if task not in manager.all_tasks]
@@ -62,6 +66,8 @@ def evaluate(model: Any, tokenizer: Any, tasks: list[str], cfg: EvalConfig, meta
         check_reachable(cfg.judge)
     started = time.perf_counter()
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size)
+    if bars_disabled():  # lm-eval draws its generation bar unless told per call
+        lm.generate_until = partial(lm.generate_until, disable_tqdm=True)
     output = simple_evaluate(
         model=lm, tasks=tasks, task_manager=manager, limit=limit, log_samples=True,
         gen_kwargs={"max_gen_toks": cfg.max_gen_toks} if cfg.max_gen_toks else None,
@@ -69,12 +75,12 @@ def evaluate(model: Any, tokenizer: Any, tasks: list[str], cfg: EvalConfig, meta
     metrics: dict[str, Any] = {}
     samples: dict[str, list[dict[str, Any]]] = {}
     for task, records in output["samples"].items():
-        samples[task], metrics[task] = grade_samples(records, cfg, say)
-        say(f"{task}: acc {metrics[task]['acc']:.3f}  fmt {metrics[task]['fmt']:.3f}  "
+        samples[task], metrics[task] = grade_samples(records, cfg)
+        log.log(RESULT, f"{task}: acc {metrics[task]['acc']:.3f}  fmt {metrics[task]['fmt']:.3f}  "
             f"score {metrics[task]['score']:.3f}  (n={metrics[task]['n']})")
     metrics.update(group_means(metrics, output.get("group_subtasks", {})))
     _write(out, metrics, samples)
-    say(f"evaluated {', '.join(tasks)} in {time.perf_counter() - started:.0f} s")
+    log.log(RESULT, f"evaluated {', '.join(tasks)} in {time.perf_counter() - started:.0f} s")
     return metrics
 
 
@@ -91,8 +97,8 @@ def group_means(metrics: dict[str, Any], groups: dict[str, list[str]]) -> dict[s
             for group, tasks in groups.items() if tasks and all(task in metrics for task in tasks)}
 
 
-def grade_samples(records: list[dict[str, Any]], cfg: EvalConfig,
-                say: Callable[[str], None]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def grade_samples(records: list[dict[str, Any]], cfg: EvalConfig
+                  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Per-sample rows and the task's means; the judge's verdict, where it gives one, is acc."""
     rows = []
     for record in records:
@@ -105,7 +111,7 @@ def grade_samples(records: list[dict[str, Any]], cfg: EvalConfig,
         verdicts, judged = judge_all(cfg.judge, cases)
         failed = len(rows) - judged["yes"] - judged["no"]
         if failed:
-            say(f"judge: {failed} of {len(rows)} samples without a verdict {judged}; "
+            log.warning(f"judge: {failed} of {len(rows)} samples without a verdict {judged}; "
                 "they keep the exact check")
         for row, verdict in zip(rows, verdicts, strict=True):
             row["judge"] = verdict

@@ -7,9 +7,7 @@ adapter; in full mode the last stage's own weights.
 
 from __future__ import annotations
 
-import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 from ..errors import UserError
@@ -23,15 +21,9 @@ from ..train.plan import EvalStep, FinalModel, plan_run
 from .harness import evaluate
 from .report import write_run_report
 
-Say = Callable[[str], None]
 
-
-def _stderr(text: str) -> None:
-    print(text, file=sys.stderr)
-
-
-def evaluate_run(recipe: Recipe, record: RunRecord, step: EvalStep, training: str | None = None,
-                 say: Say = _stderr) -> dict[str, Any]:
+def evaluate_run(recipe: Recipe, record: RunRecord, step: EvalStep, training: str | None = None
+                 ) -> dict[str, Any]:
     """Evaluate the run's final model; metrics.json, samples/, report.md and plots/ go into the
     run directory, and the `eval` step of run.json records what was measured."""
     plan = plan_run(recipe, record.layout)
@@ -45,7 +37,7 @@ def evaluate_run(recipe: Recipe, record: RunRecord, step: EvalStep, training: st
     record.start(EVAL_STEP, tasks=step.tasks, limit=step.limit)
     started = time.perf_counter()
     metadata = {"recipe": recipe.model_dump(mode="json")}
-    metrics = evaluate(model, tokenizer, step.tasks, step.settings, metadata, record.layout, step.limit, say)
+    metrics = evaluate(model, tokenizer, step.tasks, step.settings, metadata, record.layout, step.limit)
     write_run_report(record.layout, recipe.name or record.layout.root.name, metrics, described,
                      step.settings.alpha, training)
     record.complete(EVAL_STEP, EvalOutcome(tasks=step.tasks, limit=step.limit,
@@ -74,7 +66,7 @@ def _final_model(final: FinalModel) -> tuple[Any, Any, str]:
     return model, tokenizer, described
 
 
-def evaluate_model(recipe: Recipe, out: RunLayout, step: EvalStep, say: Say = _stderr) -> dict[str, Any]:
+def evaluate_model(recipe: Recipe, out: RunLayout, step: EvalStep) -> dict[str, Any]:
     """Evaluate `recipe.model` as it is (e.g. the untuned base), loaded as training loads it.
     Its own tokenizer: the base never saw tags as added tokens and reads them as text."""
     tokenizer = load_tokenizer(recipe.model)
@@ -84,6 +76,6 @@ def evaluate_model(recipe: Recipe, out: RunLayout, step: EvalStep, say: Say = _s
     described = (f"Model: `{recipe.model.name_or_path}` ({quantized}), no adapter; greedy decoding"
                  f"{f', at most {step.limit} examples per task' if step.limit else ''}.")
     metadata = {"recipe": recipe.model_dump(mode="json")}
-    metrics = evaluate(model, tokenizer, step.tasks, step.settings, metadata, out, step.limit, say)
+    metrics = evaluate(model, tokenizer, step.tasks, step.settings, metadata, out, step.limit)
     write_run_report(out, recipe.model.name_or_path, metrics, described, step.settings.alpha)
     return metrics

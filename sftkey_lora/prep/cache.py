@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..data import Example
+from ..output import bars_disabled
 from ..recipe import FormatConfig
 from .masks import Encoded, encode_all
 
@@ -66,7 +67,8 @@ def encoded_rows(examples: Sequence[Example], tokenizer: Any, fmt: FormatConfig,
 def _progress(rows: Iterable[Encoded], total: int) -> Iterable[Encoded]:
     from tqdm.auto import tqdm
 
-    return tqdm(rows, total=total, desc="encoding", unit="row", file=sys.stderr, disable=None,
+    return tqdm(rows, total=total, desc="encoding", unit="row", file=sys.stderr,
+                disable=bars_disabled() or None,  # None: drawn only on a terminal
                 dynamic_ncols=True, leave=False)
 
 

@@ -39,6 +39,11 @@ class RunLayout:
         return self.root / "run.json"
 
     @property
+    def log_file(self) -> Path:
+        """Every message of the commands that wrote the run, appended run after run."""
+        return self.root / "run.log"
+
+    @property
     def lock_file(self) -> Path:
         """Held (an OS file lock) by the process that writes the run; free once it ends."""
         return self.root / LOCK_NAME
@@ -122,6 +127,11 @@ class CompareLayout:
     def json_file(self) -> Path:
         """The comparison's figures for scripts: every strategy's metrics and the pairs."""
         return self.root / "comparison.json"
+
+    @property
+    def log_file(self) -> Path:
+        """The comparison's messages (each run's are also in its own run.log)."""
+        return self.root / "compare.log"
 
     @property
     def bars_plot(self) -> Path:

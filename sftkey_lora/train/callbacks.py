@@ -1,4 +1,4 @@
-"""Trainer callbacks: held-out loss per segment at every logging step, and a progress bar.
+"""Trainer callbacks: held-out loss per segment at every logging step, and the progress.
 
 The per-segment losses are measured on the same held-out examples in every stage and
 strategy, so the curves compare (the paper's Figure 3): thinking and key loss are both
@@ -7,14 +7,18 @@ recorded whatever the stage trains on.
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
 import torch
 from transformers import TrainerCallback
 
+from ..output import bars_disabled
 from ..rundir.layout import KEY_LOSS, THINKING_LOSS
 from .loss import segment_losses
+
+log = logging.getLogger(__name__)
 
 
 class SegmentLossProbe(TrainerCallback):
@@ -44,7 +48,8 @@ class SegmentLossProbe(TrainerCallback):
 
 
 class StageProgress(TrainerCallback):
-    """One bar per stage with the step, ETA, training loss and held-out key loss."""
+    """One bar per stage with the step, ETA, training loss and held-out key loss; each
+    logging step's figures in full to the log (on the console with --verbose)."""
 
     def __init__(self, stage: str) -> None:
         self.stage = stage
@@ -55,15 +60,20 @@ class StageProgress(TrainerCallback):
 
         if state.is_local_process_zero:
             self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=self.stage,
-                            unit="step", file=sys.stderr, dynamic_ncols=True)
+                            unit="step", file=sys.stderr, dynamic_ncols=True, disable=bars_disabled())
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.bar is not None:
             self.bar.update(state.global_step - self.bar.n)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.bar is not None and logs and "loss" in logs:
-            entry = state.log_history[-1]  # the probe, listed before this callback, has filled it
+        if not (state.is_local_process_zero and logs and "loss" in logs):
+            return
+        entry = state.log_history[-1]  # the probe, listed before this callback, has filled it
+        log.debug(f"{self.stage} step {state.global_step}: "
+                  + ", ".join(f"{key} {value:.5g}" if isinstance(value, float) else f"{key} {value}"
+                              for key, value in entry.items() if key != "step"))
+        if self.bar is not None:
             self.bar.set_postfix(loss=f"{logs['loss']:.3f}", key=f"{entry.get(KEY_LOSS, float('nan')):.3f}")
 
     def on_train_end(self, args, state, control, **kwargs):

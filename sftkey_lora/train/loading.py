@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError, first_line
+from ..output import route_library_logs
 from ..recipe import ModelConfig
 from ..tags import Tags
 from .hardware import ResolvedPrecision, torch_dtype
@@ -41,6 +42,7 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
     """A fast tokenizer (offsets are needed for masks), as saved with the model."""
     from transformers import AutoTokenizer
 
+    route_library_logs()
     path = resolve_model_path(cfg.name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
@@ -83,6 +85,7 @@ def pretrained_model(cfg: ModelConfig, vocab_size: int, **kwargs: Any):
     to `vocab_size` rows when tags were added as tokens."""
     from transformers import AutoModelForCausalLM
 
+    route_library_logs()
     try:
         model = AutoModelForCausalLM.from_pretrained(
             resolve_model_path(cfg.name_or_path), revision=cfg.revision,

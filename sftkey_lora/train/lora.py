@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from ..errors import UserError, first_line
@@ -34,6 +35,14 @@ def attach_lora(model: Any, cfg: LoraSection, *, gradient_checkpointing: bool,
         return get_peft_model(model, lora_config(cfg, token_rows(model, new_token_ids or [])))
     except ValueError as err:
         raise UserError(f"lora.target_modules: {first_line(err)}") from None
+
+
+def saves_without_embedding(model: Any) -> Any:
+    """The adapter with every save of it, the Trainer's checkpoints included, leaving out the
+    resized embedding: the added tag rows are saved as the adapter's trainable tokens, and the
+    whole embedding (a GB for a 7B model, in each checkpoint) would only repeat them."""
+    model.save_pretrained = partial(type(model).save_pretrained, model, save_embedding_layers=False)
+    return model
 
 
 def token_rows(model: Any, ids: list[int]) -> dict[str, list[int]]:

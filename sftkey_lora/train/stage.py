@@ -24,7 +24,7 @@ from .distributed import is_main, wait_for_everyone
 from .guards import LossGuard, disk_full_stops
 from .hardware import peak_memory, reset_peak_memory
 from .loading import load_model
-from .lora import attach_lora
+from .lora import attach_lora, saves_without_embedding
 from .loss import LabelledLogitsLoss, causal_lm_loss, projects_directly
 from .plan import StageStep
 
@@ -88,14 +88,15 @@ def _stage_model(step: StageStep, inputs: StageInputs, vocab_size: int) -> Any:
         from .unsloth import unsloth_lora_model
 
         longest = max(len(row.input_ids) for row in inputs.train)
-        return unsloth_lora_model(step.base, step.config.lora, step.precision, vocab_size=vocab_size,
-                                  max_length=longest, seed=training.seed,
-                                  gradient_checkpointing=training.gradient_checkpointing)
+        return saves_without_embedding(unsloth_lora_model(
+            step.base, step.config.lora, step.precision, vocab_size=vocab_size, max_length=longest,
+            seed=training.seed, gradient_checkpointing=training.gradient_checkpointing))
     model = load_model(step.base, step.precision, vocab_size=vocab_size)
     if step.full:
         return model
-    return attach_lora(model, step.config.lora, new_token_ids=inputs.tag_token_ids if step.tag_rows else [],
-                       gradient_checkpointing=training.gradient_checkpointing)
+    return saves_without_embedding(attach_lora(
+        model, step.config.lora, new_token_ids=inputs.tag_token_ids if step.tag_rows else [],
+        gradient_checkpointing=training.gradient_checkpointing))
 
 
 def _loss_kind(step: StageStep, model: Any, batch: dict[str, Any]) -> LossKind:
@@ -140,9 +141,7 @@ def _save(trainer: Any, tokenizer: Any, final: Path, full: bool) -> None:
     if full:
         trainer.save_model(str(tmp))  # every process takes part (sharded weights); the main one writes
     elif is_main():
-        # Added tag rows are saved as the adapter's trainable tokens; the whole resized
-        # embedding (a GB for a 7B model) would only repeat them.
-        trainer.model.save_pretrained(tmp, save_embedding_layers=False)
+        trainer.model.save_pretrained(tmp)  # the adapter alone (`saves_without_embedding`)
     if is_main():
         tokenizer.save_pretrained(tmp)
         replace_dir(tmp, final)

@@ -109,7 +109,7 @@ def test_a_judge_that_is_down_stops_evaluation_before_it_starts(judge_url, cli, 
     assert not (tmp_path / "ev" / "metrics.json").exists()
 
 
-def test_judge_verdicts_replace_the_exact_check_where_given(judge_url, monkeypatch, tmp_path) -> None:
+def test_judge_verdicts_replace_the_exact_check_where_given(judge_url, monkeypatch, tmp_path, caplog) -> None:
     monkeypatch.setenv("SFTKEY_JUDGE_API_KEY", SECRET)
     doc = {"reference": "7", "kind": "math", "labels": [], "alpha": 0.7, "tags": list(PAPER_TAGS.all)}
     # (question, reference, output): the exact check calls each of them right.
@@ -118,14 +118,13 @@ def test_judge_verdicts_replace_the_exact_check_where_given(judge_url, monkeypat
              ("SLOW", "7", "<Thinking>x</Thinking><Answer>7</Answer>")]  # no verdict: exact check stays
     records = [{"doc": {**doc, "question": q, "reference": ref}, "resps": [[out]], "acc": 1.0, "fmt": 1.0,
                 "fmt_tags": 1.0, "score": 1.0} for q, ref, out in cases]
-    messages: list[str] = []
-    rows, metrics = grade_samples(records, EvalConfig(judge=config(judge_url)), messages.append)
+    rows, metrics = grade_samples(records, EvalConfig(judge=config(judge_url)))
     assert [row["judge"] for row in rows] == [True, False, None]
     assert [row["acc"] for row in rows] == [1.0, 0.0, 1.0]
     assert metrics["acc"] == pytest.approx(2 / 3) and metrics["acc_exact"] == pytest.approx(1.0)
     assert metrics["score"] == pytest.approx(0.7 * 2 / 3 + 0.3)
     assert metrics["acc_se"] == pytest.approx(statistics.stdev([1.0, 0.0, 1.0]) / 3 ** 0.5)
-    assert metrics["judge"]["timeout"] == 1 and "1 of 3 samples without a verdict" in messages[0]
+    assert metrics["judge"]["timeout"] == 1 and "1 of 3 samples without a verdict" in caplog.text
     assert SECRET not in json.dumps(rows) + json.dumps(metrics)
 
 

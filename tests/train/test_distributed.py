@@ -29,8 +29,7 @@ def heldout_key_losses(run: dict, stage: str) -> list[float]:
 
 @pytest.mark.slow
 def test_two_processes_follow_the_single_process_loss_curve(tmp_path) -> None:
-    single = run_recipe(load_recipe(FULL, SHORT + ["training.batch_size=8"]), tmp_path / "one",
-                        say=lambda _: None).data
+    single = run_recipe(load_recipe(FULL, SHORT + ["training.batch_size=8"]), tmp_path / "one").data
     # Both processes on the CPU (gloo) on any machine, as the single one is with fp32.
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

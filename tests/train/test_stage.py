@@ -42,16 +42,30 @@ def test_the_step_says_whether_tag_rows_train(tmp_path, tag_rows: bool) -> None:
     outcome = train_stage(step, inputs, plan.layout)
     saved = load_file(step.output / "adapter_model.safetensors")
     assert any("trainable_tokens" in name for name in saved) is tag_rows
+    if tag_rows:
+        assert_tag_rows_alone(step.output)
     assert (step.output / "tokenizer.json").is_file()
     assert (outcome.labels, outcome.steps, outcome.resumed_from) == ("full", 2, None)
     assert outcome.logits == "labelled positions" and outcome.tokens > 0
     assert [entry["step"] for entry in outcome.log_history if "heldout_key_loss" in entry] == [0, 2]
 
 
+def assert_tag_rows_alone(adapter_dir) -> None:
+    """The adapter holds the tag rows it trains, never the whole resized embedding or head."""
+    from safetensors.torch import load_file
+
+    names = list(load_file(adapter_dir / "adapter_model.safetensors"))
+    assert any("trainable_tokens" in name for name in names)
+    whole = [name for name in names if ("embed_tokens" in name or "lm_head" in name)
+             and "trainable_tokens" not in name]
+    assert not whole
+
+
 def test_a_stage_resumes_from_its_last_whole_checkpoint(tmp_path) -> None:
     plan, inputs = prepared(tmp_path, "stages.stage1.training.max_steps=4")
     first = train_stage(plan.stages[0], inputs, plan.layout)
     assert [path.name for path in plan.layout.checkpoints()] == ["checkpoint-2", "checkpoint-4"]
+    assert_tag_rows_alone(plan.layout.checkpoints()[-1])
     longer, _ = prepared(tmp_path, "stages.stage1.training.max_steps=6")
     again = train_stage(longer.stages[0], inputs, longer.layout)
     assert again.resumed_from == "checkpoint-4" and again.steps == 6
