@@ -30,7 +30,7 @@ from .rundir.outcomes import EvalOutcome, summary_table
 from .rundir.record import RunRecord
 from .train.distributed import is_main, wait_for_everyone
 from .train.guards import disk_full_stops
-from .train.plan import MergeStep, RunPlan, StageStep, TrainingStep, plan_run
+from .train.plan import MergeStep, RunPlan, StageStep, TrainingStep, check_reporters, plan_run
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ def _run_steps(recipe: Recipe, record: RunRecord) -> None:
     log.info(f"{record.layout.root}: {recipe.strategy} on {recipe.model.name_or_path}, "
              f"steps {' -> '.join(step.name for step in plan.steps)}")
     pending = [step for step in plan.steps if record.status(step.name) != "complete"]
+    check_reporters(sorted({name for stage in plan.stages for name in stage.config.training.report_to}))
     if not pending:
         log.info(f"{record.layout.root}: every stage is complete (--fresh starts over)")
     execution = _Execution(recipe, plan, record)

@@ -88,6 +88,10 @@ class RunLayout:
     def plots_dir(self) -> Path:
         return self.root / "plots"
 
+    def tensorboard_dir(self, stage: str) -> Path:
+        """A stage's TensorBoard events (`tensorboard --logdir` the run, or a comparison)."""
+        return self.root / "tensorboard" / stage
+
     def stage_plot(self, stage: str) -> Path:
         return self.plots_dir / f"{stage}_loss.png"
 

@@ -37,9 +37,12 @@ class SegmentLossProbe(TrainerCallback):
             state.log_history.append({"step": 0, **self.measure(model)})
 
     def on_log(self, args, state, control, logs=None, model=None, **kwargs):
-        # The Trainer has just appended these logs to the history; add the probe to that entry.
+        # The Trainer has just appended these logs to the history; add the probe to that entry,
+        # and to the logs the callbacks after this one see (TensorBoard's).
         if logs and "loss" in logs and state.log_history:
-            state.log_history[-1].update(self.measure(model))
+            measured = self.measure(model)
+            state.log_history[-1].update(measured)
+            logs.update(measured)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         last = [entry for entry in state.log_history if KEY_LOSS in entry]

@@ -13,12 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserError
 from ..recipe import EvalConfig, ModelConfig, Recipe, StageConfig, TrainingConfig
 from ..rundir.layout import EVAL_STEP, MERGE_STEP, RunLayout
 from ..rundir.outcomes import EvalOutcome
 from ..strategies import STRATEGIES, LabelKind
 from ..tags import Tags
 from .hardware import ResolvedPrecision, cuda_available, resolve_precision
+
+TENSORBOARD = "tensorboard"
 
 
 @dataclass(frozen=True)
@@ -39,11 +42,13 @@ class StageStep:
     precision: ResolvedPrecision
     training_args: dict[str, Any]  # TrainingArguments field names and values
     output: Path  # the adapter, or in full mode the whole model, with the tokenizer
+    tensorboard: Path | None = None  # where the stage's TensorBoard events go, where asked for
 
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "labels": self.labels, "base": self.base.name_or_path,
                 "lora": None if self.full else self.config.lora.model_dump(mode="json"),
                 "precision": self.precision, "tag_rows": self.tag_rows, "output": str(self.output),
+                "tensorboard": self.tensorboard and str(self.tensorboard),
                 "training_args": self.training_args}
 
 
@@ -143,7 +148,9 @@ def plan_run(recipe: Recipe, layout: RunLayout) -> RunPlan:
                                   backend=recipe.model.backend)
         previous = StageStep(spec.name, spec.labels, base, config, full,
                              tag_rows=tokenizer.add_tags and previous is None and not full,
-                             precision=precision, training_args=args, output=layout.stage_dir(spec.name))
+                             precision=precision, training_args=args, output=layout.stage_dir(spec.name),
+                             tensorboard=layout.tensorboard_dir(spec.name)
+                             if TENSORBOARD in config.training.report_to else None)
         steps.append(previous)
     assert previous is not None  # every strategy has a stage
     return RunPlan(layout, STRATEGIES[recipe.strategy].tagged, tokenizer,
@@ -169,6 +176,25 @@ def plan_evaluation(recipe: Recipe, tasks: list[str] | None = None,
     if not tasks:
         return None
     return EvalStep(tasks, limit if limit is not None else recipe.eval.limit, recipe.eval)
+
+
+def check_reporters(names: list[str]) -> None:
+    """Every `training.report_to` integration known to transformers and installed, checked
+    before the run loads anything."""
+    if not names:
+        return
+    from transformers.integrations.integration_utils import (
+        INTEGRATION_TO_CALLBACK,
+        get_available_reporting_integrations,
+    )
+
+    for name in names:
+        if name not in INTEGRATION_TO_CALLBACK:
+            known = ", ".join(INTEGRATION_TO_CALLBACK)
+            raise UserError(f"training.report_to: unknown {name!r} (known: {known})")
+        if name not in get_available_reporting_integrations():
+            extra = "'sftkey-lora[tensorboard]'" if name == TENSORBOARD else f"the package {name} needs"
+            raise UserError(f"training.report_to: {name} is not installed; pip install {extra}")
 
 
 def training_arguments(cfg: TrainingConfig, precision: ResolvedPrecision, output_dir: Path,
@@ -199,7 +225,8 @@ def training_arguments(cfg: TrainingConfig, precision: ResolvedPrecision, output
         "save_strategy": "steps",
         "save_steps": cfg.save_steps,
         "save_total_limit": cfg.save_total_limit,
-        "report_to": cfg.report_to or "none",
+        # TensorBoard is the stage's own callback (`tensorboard_dir`), after the held-out probe.
+        "report_to": [name for name in cfg.report_to if name != TENSORBOARD] or "none",
         "remove_unused_columns": False,
         "include_num_input_tokens_seen": "non_padding",
         "average_tokens_across_devices": True,

@@ -53,7 +53,8 @@ def train_stage(step: StageStep, inputs: StageInputs, layout: RunLayout) -> Stag
     loss = _loss_kind(step, model, probe.batches[0])
     trainer = stage_trainer(model, step.training_args, inputs.train, tokenizer, step.labels,
                             loss=loss, packed=step.config.training.packing,
-                            callbacks=[probe, StageProgress(step.name)], guard=LossGuard(step.name, layout))
+                            callbacks=[probe, *_tensorboard(step), StageProgress(step.name)],
+                            guard=LossGuard(step.name, layout))
     resume = last_whole_checkpoint(layout)
     before = TrainerState.load_from_json(f"{resume}/trainer_state.json") if resume else TrainerState()
     with disk_full_stops(step.name, layout):
@@ -78,6 +79,17 @@ def train_stage(step: StageStep, inputs: StageInputs, layout: RunLayout) -> Stag
 LossKind = Literal["labelled", "full", "model"]
 LOGITS: dict[LossKind, str] = {"labelled": "labelled positions", "full": "every position",
                                "model": "the backend's own loss"}
+
+
+def _tensorboard(step: StageStep) -> list[Any]:
+    """transformers' TensorBoard callback writing to the stage's own folder; listed after the
+    probe, it logs the held-out losses with the training ones."""
+    if step.tensorboard is None or not is_main():
+        return []
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return [TensorBoardCallback(SummaryWriter(log_dir=str(step.tensorboard)))]
 
 
 def _stage_model(step: StageStep, inputs: StageInputs, vocab_size: int) -> Any:

@@ -83,3 +83,37 @@ def test_mixed_precision_projects_hidden_states_handed_back_in_fp32(tmp_path, se
     outcome = train_stage(plan.stages[0], inputs, plan.layout)
     assert outcome.steps == 2 and outcome.logits == "labelled positions"
     assert outcome.heldout_key_loss.after < outcome.heldout_key_loss.before
+
+
+def test_tensorboard_gets_each_logged_step_with_the_held_out_losses(tmp_path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    plan, inputs = prepared(tmp_path, "stages.stage1.training.max_steps=4",
+                            "training.report_to=[tensorboard]")
+    step = plan.stages[0]
+    assert step.tensorboard == tmp_path / "tensorboard" / "stage1"
+    assert "tensorboard" not in step.training_args["report_to"]  # the stage's own callback writes it
+    outcome = train_stage(step, inputs, plan.layout)
+    events = EventAccumulator(str(step.tensorboard)).Reload()
+    logged = [entry for entry in outcome.log_history if "loss" in entry]
+    for tag, key in (("train/loss", "loss"), ("train/heldout_key_loss", "heldout_key_loss"),
+                     ("train/heldout_thinking_loss", "heldout_thinking_loss")):
+        scalars = events.Scalars(tag)
+        assert [event.step for event in scalars] == [entry["step"] for entry in logged] == [2, 4]
+        assert [event.value for event in scalars] == pytest.approx([entry[key] for entry in logged], rel=1e-6)
+
+
+@pytest.mark.parametrize(("name", "installed", "says"), [
+    ("nosuch", ["tensorboard"], "training.report_to: unknown 'nosuch' (known: azure_ml"),
+    ("tensorboard", [], "training.report_to: tensorboard is not installed; "
+                        "pip install 'sftkey-lora[tensorboard]'"),
+])
+def test_a_reporter_that_cannot_report_stops_the_run_before_it_loads(cli, tmp_path, monkeypatch, name,
+                                                                     installed, says) -> None:
+    from transformers.integrations import integration_utils
+
+    monkeypatch.setattr(integration_utils, "get_available_reporting_integrations", lambda: installed)
+    code, _, err = cli("run", str(QUICKSTART), "--output", str(tmp_path / "run"),
+                       f"--set=training.report_to=[{name}]")
+    assert code == 2 and says in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "stage1").exists()
