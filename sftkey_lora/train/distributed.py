@@ -7,6 +7,7 @@ accelerate's `PartialState` sets up the process group (NCCL on GPUs, gloo on a C
 
 from __future__ import annotations
 
+import logging
 import os
 from functools import cache
 from typing import Any
@@ -24,6 +25,7 @@ def _state() -> Any:
     from accelerate import PartialState
 
     check_one_gpu_per_process()
+    say_when_not_sharded()
     # Without `cpu`, processes on a machine without a GPU would each think they are alone.
     return PartialState(cpu=not torch.cuda.is_available())
 
@@ -63,7 +65,24 @@ def from_main(value: Any) -> Any:
 
 
 def sharded() -> bool:
-    """Whether FSDP or DeepSpeed ZeRO shards the weights (accelerate launch sets these), so a
-    layer's weights are whole only inside the model's own forward pass."""
-    return any(os.environ.get(flag, "false").lower() == "true"
-               for flag in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"))
+    """Whether FSDP or DeepSpeed ZeRO shards the weights, so a layer's weights are whole only
+    inside the model's own forward pass. accelerate shards on GPUs only: on a CPU it trains
+    every process with the whole model, as DDP over gloo (`accelerate.state.AcceleratorState`)."""
+    import torch
+
+    return requested_engine() is not None and torch.cuda.is_available()
+
+
+def requested_engine() -> str | None:
+    """The sharding engine the launch asked for (`accelerate launch` sets these variables)."""
+    flags = (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
+    return next((engine for engine, flag in flags if os.environ.get(flag, "false").lower() == "true"), None)
+
+
+def say_when_not_sharded() -> None:
+    """A launch that asked for sharding on a machine without a GPU is told that it trains unsharded."""
+    engine = requested_engine()
+    if engine is not None and not sharded():
+        logging.getLogger(__name__).warning(
+            f"the launch asks for {engine}, which accelerate runs on GPUs only: on this machine every "
+            "process trains a whole copy of the model (data parallel over gloo)")
