@@ -51,6 +51,21 @@ def test_the_export_gives_the_logits_of_stage1_merged_with_the_stage2_adapter(ex
 
 
 @pytest.mark.slow
+def test_the_stage2_adapter_serves_over_stage1_merged_as_plain_lora(small_run) -> None:
+    """The adapter form for servers that load LoRA adapters (vLLM `--lora-modules`): stage 2
+    holds LoRA tensors only (no trainable token rows, no embedding, no modules to save) over
+    the 16-bit `stage1-merged/`, which carries the tag rows."""
+    from safetensors.torch import load_file
+
+    layout = small_run[1].layout
+    names = list(load_file(layout.stage_dir("stage2") / "adapter_model.safetensors"))
+    assert names and all(name.endswith((".lora_A.weight", ".lora_B.weight")) for name in names), names
+    config = json.loads((layout.stage_dir("stage2") / "adapter_config.json").read_text())
+    assert config["trainable_token_indices"] is None and config["modules_to_save"] is None
+    assert config["base_model_name_or_path"] == str(layout.merged_dir)
+
+
+@pytest.mark.slow
 def test_the_stock_lm_eval_cli_runs_our_task_on_the_export(exported, tmp_path) -> None:
     _, out = exported
     done = subprocess.run([sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
