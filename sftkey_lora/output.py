@@ -109,7 +109,7 @@ def logged_to(path: Path) -> Iterator[None]:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_LogFormat("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
     try:
@@ -173,6 +173,14 @@ class _ConsoleFormat(logging.Formatter):
         if said_by == "py.warnings":  # "file:line: Category: message\n  source line"
             return f"[warning] {text.splitlines()[0]}"
         return f"[{said_by}] {text}"
+
+
+class _LogFormat(logging.Formatter):
+    """The run log's lines; a message kept off the console says why."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        why = unactionable(record)
+        return super().format(record) + (f" [not shown: {why}]" if why else "")
 
 
 def _is_main_process() -> bool:

@@ -70,6 +70,7 @@ def test_the_log_keeps_every_message_and_what_stopped_the_command(tmp_path, caps
     for text in ("each step", "doing", "the result", "look", "library advice", NOISE[1], "deprecated thing",
                  "ERROR sftkey_lora: stopped: data.path: no such file"):
         assert text in kept
+    assert f"{NOISE[1]} distribution [not shown: {NOISE[2]}]" in kept
     assert "Traceback" not in kept and "stopped" not in capsys.readouterr().err  # the CLI prints it
     with pytest.raises(ZeroDivisionError), logged_to(log):
         print(1 / 0)
