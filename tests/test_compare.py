@@ -81,6 +81,9 @@ def test_compare_trains_every_strategy_once_per_seed_and_pools_them(cli, tmp_pat
         assert f"| {strategy} |" in report
     assert (out / "comparison.png").stat().st_size > 1000 and (out / "key_loss.png").stat().st_size > 1000
     assert "sftkey_tag" in err and "| sft |" in err  # the report is printed too
+    logged = (out / "compare.log").read_text()  # the comparison's messages, and each run's in its run.log
+    assert "== key_tag, seed 4" in logged and "| sft |" in logged
+    assert "stage1 step" in (out / "seed-4" / "key_tag" / "run.log").read_text()
     for pair in figures["pairs"]:
         assert set(pair) == {"a", "b", "task", "n", "seeds", "delta_acc", "delta_score", "p_mcnemar",
                              "ci_acc", "ci_score", "verdict"}
