@@ -62,6 +62,7 @@ def set_verbosity(verbosity: Verbosity = "normal") -> None:
         root.removeHandler(handler)
     root.addHandler(_Console())
     logging.getLogger(OURS).setLevel(logging.DEBUG)  # every level reaches the run log
+    logging.captureWarnings(False)  # and again: whatever took Python's warnings since gives them back
     logging.captureWarnings(True)
     route_library_logs()
 
