@@ -19,7 +19,8 @@ ifneq ($(CUDA),yes)
 	$(BIN)/python -m pip install --quiet --no-index --no-deps $(TORCH_PIN) \
 	  || $(BIN)/python -m pip install --quiet $(TORCH_PIN) --index-url https://download.pytorch.org/whl/cpu
 endif
-	$(BIN)/python -m pip install --quiet -e '.[eval,dev,bench,tensorboard]'
+	# PYTHONWARNINGS: setuptools' note that an editable install exists, printed by every build of one.
+	PYTHONWARNINGS=ignore $(BIN)/python -m pip install --quiet -e '.[eval,dev,bench,tensorboard]'
 	touch $(STAMP)
 
 # Show the tokens each stage trains on, then train both stages (a second run reports the first).
