@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
+from .train.distributed import rank
+
 Verbosity = Literal["quiet", "normal", "verbose"]
 RESULT = 25  # between INFO and WARNING: shown with --quiet
 logging.addLevelName(RESULT, "RESULT")
@@ -146,7 +148,7 @@ class _Console(logging.Handler):
 
     def filter(self, record: logging.LogRecord) -> bool:
         chosen, said_by = verbosity(), source(record)
-        if said_by == OURS and not _is_main_process():
+        if said_by == OURS and rank() != 0:
             return record.levelno >= logging.WARNING  # the main process says it all
         if chosen == "verbose":
             return True
@@ -183,6 +185,3 @@ class _LogFormat(logging.Formatter):
         why = unactionable(record)
         return super().format(record) + (f" [not shown: {why}]" if why else "")
 
-
-def _is_main_process() -> bool:
-    return os.environ.get("RANK", "0") == "0"

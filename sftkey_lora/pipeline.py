@@ -52,7 +52,8 @@ def _run_steps(recipe: Recipe, record: RunRecord) -> None:
     log.info(f"{record.layout.root}: {recipe.strategy} on {recipe.model.name_or_path}, "
              f"steps {' -> '.join(step.name for step in plan.steps)}")
     pending = [step for step in plan.steps if record.status(step.name) != "complete"]
-    check_reporters(sorted({name for stage in plan.stages for name in stage.config.training.report_to}))
+    check_reporters(sorted({name for step in pending if isinstance(step, StageStep)
+                            for name in step.config.training.report_to}))
     if not pending:
         log.info(f"{record.layout.root}: every stage is complete (--fresh starts over)")
     execution = _Execution(recipe, plan, record)
@@ -110,8 +111,8 @@ class _Execution:
             if self.record.status(step.name) != "running":
                 remove_checkpoints(layout)  # left by an earlier stage, never this one's
             for name in remove_partial_checkpoints(layout):
-                log.warning(f"{step.name}: {name} was cut short while being saved; removed, resuming from "
-                         "the one before")
+                log.warning(f"{step.name}: {name} was cut short while being saved; removed, resuming "
+                            "from the one before")
         wait_for_everyone()  # every process resumes from the same checkpoint, or none
         self.record.start(step.name)
         tokenizer, tag_ids = self.tokenizer

@@ -76,8 +76,9 @@ def evaluate(model: Any, tokenizer: Any, tasks: list[str], cfg: EvalConfig, meta
     samples: dict[str, list[dict[str, Any]]] = {}
     for task, records in output["samples"].items():
         samples[task], metrics[task] = grade_samples(records, cfg)
-        log.log(RESULT, f"{task}: acc {metrics[task]['acc']:.3f}  fmt {metrics[task]['fmt']:.3f}  "
-            f"score {metrics[task]['score']:.3f}  (n={metrics[task]['n']})")
+        figures = metrics[task]
+        log.log(RESULT, f"{task}: acc {figures['acc']:.3f}  fmt {figures['fmt']:.3f}  "
+                        f"score {figures['score']:.3f}  (n={figures['n']})")
     metrics.update(group_means(metrics, output.get("group_subtasks", {})))
     _write(out, metrics, samples)
     log.log(RESULT, f"evaluated {', '.join(tasks)} in {time.perf_counter() - started:.0f} s")

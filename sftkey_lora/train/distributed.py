@@ -19,6 +19,11 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def rank() -> int:
+    """This process's place among all (torchrun and accelerate launch set it); 0 is the main one."""
+    return int(os.environ.get("RANK", "0"))
+
+
 @cache
 def _state() -> Any:
     import torch

@@ -193,8 +193,8 @@ def check_reporters(names: list[str]) -> None:
             known = ", ".join(INTEGRATION_TO_CALLBACK)
             raise UserError(f"training.report_to: unknown {name!r} (known: {known})")
         if name not in get_available_reporting_integrations():
-            extra = "'sftkey-lora[tensorboard]'" if name == TENSORBOARD else f"the package {name} needs"
-            raise UserError(f"training.report_to: {name} is not installed; pip install {extra}")
+            package = "'sftkey-lora[tensorboard]'" if name == TENSORBOARD else name
+            raise UserError(f"training.report_to: {name} is not installed; pip install {package}")
 
 
 def training_arguments(cfg: TrainingConfig, precision: ResolvedPrecision, output_dir: Path,
