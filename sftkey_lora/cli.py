@@ -213,13 +213,11 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_significance(args: argparse.Namespace) -> None:
-    from dataclasses import asdict
-
     from .api import significance
     from .evaluation.significance import pairs_table
 
     pairs = significance(args.a, args.b)
-    print(json.dumps([asdict(pair) for pair in pairs], indent=2) if args.json else pairs_table(pairs))
+    print(json.dumps([pair.record() for pair in pairs], indent=2) if args.json else pairs_table(pairs))
 
 
 def _task_list(text: str) -> list[str]:

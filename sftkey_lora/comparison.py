@@ -12,13 +12,20 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from .errors import UserError
 from .evaluation.report import metric_titles, results_table
-from .evaluation.significance import LEVEL, Pair, compare_samples, pairs_table, pooled_metrics, read_samples
+from .evaluation.significance import (
+    LEVEL,
+    Pair,
+    adjusted,
+    compare_samples,
+    pairs_table,
+    pooled_metrics,
+    read_samples,
+)
 from .output import RESULT, logged_to
 from .pipeline import run_recipe
 from .plots import plot_key_loss_curves, plot_metric_bars
@@ -64,13 +71,13 @@ def _compare(recipe: Recipe, layout: CompareLayout, fresh: bool, seeds: list[int
                for name, by_task in samples.items()}
     curves = {name: mean_curve([key_loss_history(record) for record in runs])
               for name, runs in records.items()}
-    pairs = [compare_samples(a, b, task, samples[a][task], samples[b][task])
-             for a, b in PAIRS for task in samples[BASELINE]]
+    pairs = adjusted([compare_samples(a, b, task, samples[a][task], samples[b][task])
+                      for a, b in PAIRS for task in samples[BASELINE]])
     plot_metric_bars(results, layout.bars_plot)
     plot_key_loss_curves(curves, layout.key_loss_plot)
     report = comparison_markdown(recipe, results, curves, seconds, layout, pairs, seeds)
     write_json_atomic(layout.json_file, {"seeds": seeds or [recipe.training.seed], "strategies": results,
-                                         "pairs": [asdict(pair) for pair in pairs]})
+                                         "pairs": [pair.record() for pair in pairs]})
     write_text_atomic(layout.report_file, report)
     log.log(RESULT, report)
     return results
@@ -117,10 +124,12 @@ def comparison_markdown(recipe: Recipe, results: dict[str, dict[str, Any]],
     for metric, title in metric_titles(recipe.eval.alpha):
         parts += [f"## {title}", "", results_table(results, metric, BASELINE), ""]
     test = ("exact McNemar p-value on acc" if not seeds else
-            "exact sign test on acc of the per-item means over the seeds (McNemar's for one seed)")
+            "exact sign-flip permutation p-value on acc of the per-item means over the seeds "
+            "(McNemar's for one seed)")
     parts += ["## Paired differences", "",
-              f"On the same test items: {test}, paired-bootstrap 95% intervals over the items; "
-              f"the verdict is on acc at p < {LEVEL}. `{METHOD}` − `{METHOD_STAGE1}` is stage 2's effect.",
+              f"On the same test items: {test}, Holm-adjusted over the {len(pairs)} pairs below; "
+              f"paired-bootstrap 95% intervals over the items. The verdict is on acc at adjusted "
+              f"p < {LEVEL}. `{METHOD}` − `{METHOD_STAGE1}` is stage 2's effect.",
               "", pairs_table(pairs), ""]
     parts += ["## Held-out key-token loss", "",
               "Key tokens follow `</Thinking>`; for the untagged `sft`, the separator and the answer."

@@ -85,9 +85,10 @@ def test_compare_trains_every_strategy_once_per_seed_and_pools_them(cli, tmp_pat
     assert "== key_tag, seed 4" in logged and "| sft |" in logged
     assert "stage1 step" in (out / "seed-4" / "key_tag" / "run.log").read_text()
     for pair in figures["pairs"]:
-        assert set(pair) == {"a", "b", "task", "n", "seeds", "delta_acc", "delta_score", "p_mcnemar",
-                             "ci_acc", "ci_score", "verdict"}
-        assert 0 <= pair["p_mcnemar"] <= 1 and pair["ci_acc"][0] <= pair["delta_acc"] <= pair["ci_acc"][1]
+        assert set(pair) == {"a", "b", "task", "n", "seeds", "delta_acc", "delta_score",
+                             "ci_acc", "ci_score", "verdict", "p_value", "p_holm", "test"}
+        assert 0 <= pair["p_value"] <= pair["p_holm"] <= 1 and "p_mcnemar" not in pair  # two seeds
+        assert pair["ci_acc"][0] <= pair["delta_acc"] <= pair["ci_acc"][1]
         assert f"| {pair['a']} − {pair['b']} | synthetic | 3 | 2 |" in report
     # Resumable: a rerun trains nothing and writes the same figures.
     code, _, err = cli("compare", str(QUICKSTART), "--output", str(out), "--seeds", "3,4", *tiny)

@@ -3,17 +3,20 @@ on acc, a paired-bootstrap 95% interval of both differences, and a plain verdict
 model's figures with their uncertainty.
 
 Each side may be several runs (one per training seed) evaluated on the same items. Every
-statistic then works on the per-item means over the seeds, so the items stay the unit
-that is resampled and tested: the exact test is the sign test of the per-item differences,
-which for one seed is McNemar's exact test (only the items where exactly one model is right
-count). Built on the per-sample records an evaluation writes (`samples/<task>.jsonl`),
-matched by lm-eval's `doc_id`; the statistics are scipy's.
+statistic then works on the per-item means over the seeds, so the items stay the unit that
+is resampled and tested. The test is the paired sign-flip permutation test of the sum of
+those per-item differences: under no difference each item's difference is as likely
+negated, and the p-value and the verdict's direction come from that one statistic. For
+one seed it is McNemar's exact test. All pairs of one comparison are adjusted together
+(Holm), and the verdict reads the adjusted p. Built on the per-sample records an
+evaluation writes (`samples/<task>.jsonl`), matched by lm-eval's `doc_id`.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +26,10 @@ from ..errors import UserError
 from ..rundir.layout import RunLayout
 from .metrics import METRICS
 
-LEVEL = 0.05  # a difference is called significant below this p-value
+LEVEL = 0.05  # a difference is called significant below this (Holm-adjusted) p-value
 RESAMPLES = 10_000
-
+MCNEMAR = "exact McNemar"
+SIGN_FLIP = "exact sign-flip permutation of the per-item means"
 
 Runs = list[list[dict[str, Any]]]  # per seed, the per-sample records of one task
 
@@ -38,13 +42,21 @@ class Pair:
     b: str
     task: str
     n: int
+    seeds: int
     delta_acc: float
     delta_score: float
-    p_mcnemar: float
+    p_value: float  # the test's own p on acc
+    p_holm: float  # adjusted over every pair of the comparison
+    test: str  # MCNEMAR (one seed a side) or SIGN_FLIP
     ci_acc: tuple[float, float]
     ci_score: tuple[float, float]
-    verdict: str  # better / worse / no significant difference (on acc, at LEVEL)
-    seeds: int = 1
+    verdict: str  # better / worse / no significant difference (on acc, p_holm below LEVEL)
+
+    def record(self) -> dict[str, Any]:
+        """The pair as comparison.json and `significance --json` write it; `p_mcnemar` too where
+        the test is McNemar's (one seed), the name scripts read before several seeds existed."""
+        fields = asdict(self)
+        return fields | {"p_mcnemar": self.p_value} if self.test == MCNEMAR else fields
 
 
 def standard_error(values: list[float] | np.ndarray) -> float:
@@ -57,16 +69,54 @@ def combined_error(errors: list[float]) -> float:
     return float(np.sqrt(np.sum(np.square(errors))) / len(errors)) if errors else float("nan")
 
 
-def sign_test(diff: np.ndarray) -> float:
-    """Two-sided exact p-value that per-item differences lean neither way: under no
-    difference, the items where `a` does better are Binomial(items that differ, 1/2). On
-    right/wrong outcomes of one seed this is McNemar's exact test."""
-    from scipy.stats import binomtest
+def sign_flip_test(diff: np.ndarray, grid: int) -> float:
+    """Two-sided exact p-value of the paired sign-flip permutation test of Σ diff: under no
+    difference each item's difference is as likely negated, so all 2^n sign patterns are
+    equally likely. `diff` lies on multiples of 1/grid (right/wrong outcomes averaged over
+    `grid` seeds), so the items of magnitude j/grid add up to j·(2·Binomial(count, ½) − count)
+    and the exact distribution is the convolution of those binomials. scipy's
+    `permutation_test` is the same test but exact only up to about 20 differing items; beyond
+    that it samples, and cannot resolve a p below 1/resamples. For one seed this is McNemar's
+    exact test (only the items where exactly one model is right count)."""
+    from scipy.stats import binom
 
-    ahead, behind = int(np.sum(diff > 0)), int(np.sum(diff < 0))
-    if ahead + behind == 0:
-        return 1.0
-    return float(binomtest(ahead, ahead + behind, 0.5).pvalue)
+    scaled = np.asarray(diff, float) * grid
+    units = np.rint(scaled).astype(int)
+    if not np.allclose(units, scaled, atol=1e-6):
+        raise ValueError(f"per-item differences are not multiples of 1/{grid}")
+    observed = abs(int(units.sum()))
+    pmf, low = np.ones(1), 0  # the distribution of the sum, pmf[i] at low + i
+    for magnitude, count in zip(*np.unique(np.abs(units[units != 0]), return_counts=True), strict=True):
+        spread = np.zeros(2 * magnitude * count + 1)
+        spread[:: 2 * magnitude] = binom.pmf(np.arange(count + 1), count, 0.5)
+        pmf, low = np.convolve(pmf, spread), low - magnitude * count
+    sums = np.arange(len(pmf)) + low
+    return float(min(1.0, pmf[np.abs(sums) >= observed].sum()))
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values: the k-th smallest of m times
+    (m − k + 1), never below the adjusted one before it, at most 1. scipy offers only the
+    false-discovery adjustments (`false_discovery_control`); Holm bounds the chance of any
+    false "better" or "worse" in the family, which is what a verdict claims."""
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, index in enumerate(np.argsort(p_values, kind="stable")):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+def verdict(delta_acc: float, p: float) -> str:
+    """better / worse where p is below LEVEL; the direction is the sign of the tested sum."""
+    if p >= LEVEL or delta_acc == 0:
+        return "no significant difference"
+    return "better" if delta_acc > 0 else "worse"
+
+
+def adjusted(pairs: list[Pair]) -> list[Pair]:
+    """The pairs of one comparison with their Holm-adjusted p and the verdict it gives."""
+    return [replace(pair, p_holm=p, verdict=verdict(pair.delta_acc, p))
+            for pair, p in zip(pairs, holm([pair.p_value for pair in pairs]), strict=True)]
 
 
 def paired_interval(diff: np.ndarray, resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float]:
@@ -99,17 +149,18 @@ def same_items(task: str, labelled: dict[str, Runs]) -> list[Any]:
 
 
 def compare_samples(a: str, b: str, task: str, a_runs: Runs, b_runs: Runs) -> Pair:
-    """The pair from both models' per-sample records of one task (one list per seed)."""
+    """The pair from both models' per-sample records of one task (one list per seed), its
+    p adjusted as a family of one; `adjusted` takes the whole comparison's family."""
     order = same_items(task, {a: a_runs, b: b_runs})
     def diff(metric: str) -> np.ndarray:  # per item, of the means over the seeds
         return per_item(a_runs, metric, order).mean(axis=0) - per_item(b_runs, metric, order).mean(axis=0)
 
     diff_acc, diff_score = diff("acc"), diff("score")
-    delta_acc, p = float(diff_acc.mean()), sign_test(diff_acc)
-    verdict = ("no significant difference" if p >= LEVEL or delta_acc == 0
-               else "better" if delta_acc > 0 else "worse")
-    return Pair(a, b, task, len(order), delta_acc, float(diff_score.mean()), p, paired_interval(diff_acc),
-                paired_interval(diff_score), verdict, seeds=min(len(a_runs), len(b_runs)))
+    delta_acc = float(diff_acc.mean())
+    p = sign_flip_test(diff_acc, math.lcm(len(a_runs), len(b_runs)))
+    test = MCNEMAR if len(a_runs) == len(b_runs) == 1 else SIGN_FLIP
+    return Pair(a, b, task, len(order), min(len(a_runs), len(b_runs)), delta_acc, float(diff_score.mean()),
+                p, p, test, paired_interval(diff_acc), paired_interval(diff_score), verdict(delta_acc, p))
 
 
 def pooled_metrics(task: str, label: str, runs: Runs) -> dict[str, Any]:
@@ -136,8 +187,8 @@ def compare_evaluations(a: Path, b: Path) -> list[Pair]:
     if not common:
         raise UserError(f"{a} and {b}: no task evaluated in both ({', '.join(tasks[0])} against "
                         f"{', '.join(tasks[1])})")
-    return [compare_samples(str(a), str(b), task, [read_samples(RunLayout(a).samples_file(task))],
-                            [read_samples(RunLayout(b).samples_file(task))]) for task in common]
+    return adjusted([compare_samples(str(a), str(b), task, [read_samples(RunLayout(a).samples_file(task))],
+                                     [read_samples(RunLayout(b).samples_file(task))]) for task in common])
 
 
 def _evaluated_tasks(root: Path) -> list[str]:
@@ -159,12 +210,12 @@ def read_samples(path: Path) -> list[dict[str, Any]]:
 
 def pairs_table(pairs: list[Pair]) -> str:
     """A Markdown table of the pairs."""
-    lines = ["| a − b | task | n | seeds | Δ acc (95% CI) | p | Δ score (95% CI) | verdict |",
-             "|---|---|---:|---:|---|---:|---|---|"]
+    lines = ["| a − b | task | n | seeds | Δ acc (95% CI) | p | p (Holm) | Δ score (95% CI) | verdict |",
+             "|---|---|---:|---:|---|---:|---:|---|---|"]
     for pair in pairs:
         lines.append(f"| {pair.a} − {pair.b} | {pair.task.removeprefix('sftkey_')} | {pair.n} | "
                      f"{pair.seeds} | "
                      f"{pair.delta_acc:+.3f} ({pair.ci_acc[0]:+.3f}, {pair.ci_acc[1]:+.3f}) | "
-                     f"{pair.p_mcnemar:.3g} | {pair.delta_score:+.3f} ({pair.ci_score[0]:+.3f}, "
-                     f"{pair.ci_score[1]:+.3f}) | {pair.verdict} |")
+                     f"{pair.p_value:.3g} | {pair.p_holm:.3g} | {pair.delta_score:+.3f} "
+                     f"({pair.ci_score[0]:+.3f}, {pair.ci_score[1]:+.3f}) | {pair.verdict} |")
     return "\n".join(lines)
