@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import UserError
 from .output import ensure_output, logged_to, set_verbosity
@@ -103,14 +103,15 @@ def compare(recipe: Recipe, output: str | Path | None = None, fresh: bool = Fals
     return compare_strategies(recipe, out, fresh, seeds)
 
 
-def export(run_dir: str | Path, output: str | Path | None = None) -> Path:
+def export(run_dir: str | Path, output: str | Path | None = None,
+           dtype: Literal["bf16", "fp16", "fp32"] | None = None) -> Path:
     """A finished run's final model as one plain model directory (default `RUN/final/`):
-    weights merged in the checkpoint's dtype, tokenizer with the tags, generation config,
-    model card. Returns where it went."""
+    weights merged, in `dtype` (default: the base model's own), tokenizer with the tags,
+    generation config, model card. Returns where it went."""
     ensure_output()
     from .model_export import export_run
 
-    return export_run(Path(run_dir), Path(output) if output is not None else None)
+    return export_run(Path(run_dir), Path(output) if output is not None else None, dtype)
 
 
 def significance(a: str | Path, b: str | Path) -> list[Pair]:

@@ -85,6 +85,9 @@ def _eval_parsers(commands: argparse._SubParsersAction) -> None:
     export.add_argument("run_dir", type=Path, help="the run directory")
     export.add_argument("--output", type=Path, default=None,
                         help="where to write it (default: RUN_DIR/final)")
+    export.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None,
+                        help="the weights' dtype (default: the base model's own, as its config.json "
+                             "declares)")
 
     significance = commands.add_parser("significance", help="paired differences of two evaluations on the "
                                        "same test items (McNemar p-value, bootstrap intervals, verdict)")
@@ -207,7 +210,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .api import export
 
     started = time.perf_counter()
-    out = export(args.run_dir, args.output)
+    out = export(args.run_dir, args.output, args.dtype)
     size = sum(path.stat().st_size for path in out.rglob("*") if path.is_file())
     print(f"exported {out} ({size / 2**20:.1f} MB) in {time.perf_counter() - started:.1f} s")
 

@@ -1,12 +1,12 @@
 """`sftkey-lora export`: a finished run as one model directory to deploy.
 
-The final model as the run trained it, in its checkpoint's own dtype: for `sftkey_tag` the
-stage-2 adapter merged into the 16-bit `stage1-merged/` (never into 4-bit weights, which
-would re-quantize them), for a one-stage strategy its adapter merged into the base's
-weights, in full mode the last stage's own weights. Beside them the tokenizer with the tags,
-the generation config, a model card and the run's recipe (`sftkey_recipe.json`, which the
-lm-eval tasks read to render prompts as in training); no adapter, no trainable token rows,
-nothing a server has to understand beyond a plain causal LM.
+The final model as the run trained it: for `sftkey_tag` the stage-2 adapter merged into the
+16-bit `stage1-merged/` (never into 4-bit weights, which would re-quantize them), for a
+one-stage strategy its adapter merged into the base's weights, in full mode the last stage's
+own (fp32 master) weights; written in the dtype asked for, by default the base model's own.
+Beside them the tokenizer with the tags, the generation config, a model card and the run's
+recipe (`sftkey_recipe.json`, which the lm-eval tasks read to render prompts as in training);
+no adapter, no trainable token rows, nothing a server has to understand beyond a plain causal LM.
 """
 
 from __future__ import annotations
@@ -23,11 +23,14 @@ from .rundir.layout import EXPORTED_RECIPE, RunLayout, temporary
 from .rundir.lock import holding
 from .rundir.record import RunRecord, is_run, recorded_recipe
 from .strategies import STRATEGIES
+from .train.hardware import ResolvedPrecision, torch_dtype
+from .train.loading import declared_precision
 from .train.plan import FinalModel, plan_run
 
 
-def export_run(run_dir: Path, output: Path | None = None) -> Path:
-    """Write the run's final model to `output` (default `RUN/final/`); returns where."""
+def export_run(run_dir: Path, output: Path | None = None, dtype: ResolvedPrecision | None = None) -> Path:
+    """Write the run's final model to `output` (default `RUN/final/`) in `dtype` (default the
+    dtype the base model's checkpoint declares); returns where."""
     layout = RunLayout(run_dir)
     if not is_run(run_dir):
         raise UserError(f"{run_dir}: not a run directory (no run.json); give a directory "
@@ -46,11 +49,13 @@ def export_run(run_dir: Path, output: Path | None = None) -> Path:
     with holding(layout):
         tmp = temporary(out)
         model, tokenizer = final_model(plan.final)
+        dtype = dtype or declared_precision(recipe.model)
+        model = model.to(torch_dtype(dtype))
         model.generation_config.eos_token_id = tokenizer.eos_token_id
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        write_text_atomic(tmp / "README.md", model_card(record.data, plan.final, out))
+        write_text_atomic(tmp / "README.md", model_card(record.data, plan.final, out, dtype))
         write_json_atomic(tmp / EXPORTED_RECIPE, record.data["recipe"])
         readable_as_umask_allows(tmp)
         replace_dir(tmp, out)
@@ -80,7 +85,7 @@ def final_model(final: FinalModel) -> tuple[Any, Any]:
     return merged_16bit(final.base, final.adapter, "original", len(tokenizer), final.precision), tokenizer
 
 
-def model_card(record: dict[str, Any], final: FinalModel, out: Path) -> str:
+def model_card(record: dict[str, Any], final: FinalModel, out: Path, dtype: ResolvedPrecision) -> str:
     """README.md of the export: what it was trained from and with, how well it did, how to load it."""
     recipe = record["recipe"]
     metrics = record.get("steps", {}).get("eval", {}).get("metrics", {})
@@ -94,7 +99,8 @@ def model_card(record: dict[str, Any], final: FinalModel, out: Path) -> str:
         "---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
         f"# {recipe.get('name') or out.name}", "",
         f"Fine-tuned from `{recipe['model']['name_or_path']}` with sftkey-lora, strategy "
-        f"`{recipe['strategy']}` ({final.stage} was the last stage), then merged into plain weights.", "",
+        f"`{recipe['strategy']}` ({final.stage} was the last stage), then merged into plain {dtype} weights.",
+        "",
         f"Data: `{recipe['data']['source']}`, {data.get('train', '?')} training examples "
         f"({data.get('holdout', '?')} held out; rows read {data.get('rows_read', '?')}, "
         f"dropped {sum(data.get('dropped', {}).values())}).", "",

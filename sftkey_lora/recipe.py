@@ -126,7 +126,9 @@ class LoraSection(_Section):
 
 class TrainingConfig(_Section):
     # `lora`: an adapter per stage (over a 4-bit base with quantization nf4); `full`: every
-    # weight trains in 16-bit, and stage 2 continues from the stage-1 weights (the paper's setting).
+    # weight trains, kept in fp32 (master weights) and computed in `precision`, and stage 2
+    # continues from the stage-1 weights (the paper's setting). Each stage saves fp32 weights;
+    # `sftkey-lora export --dtype` writes the final model in 16 bits.
     mode: Literal["lora", "full"] = "lora"
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, gt=0)  # when set, overrides `epochs`
@@ -236,7 +238,7 @@ class Recipe(_Section):
                 raise ValueError(f"stages.{name}.training.mode: every stage trains the same way, and "
                                  f"training.mode is {self.training.mode}; set training.mode instead")
         if self.training.mode == "full" and self.model.quantization != "none":
-            raise ValueError("training.mode: full trains every weight in 16-bit; "
+            raise ValueError("training.mode: full trains every weight of the unquantized model; "
                              "set model.quantization: none")
         return self
 

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -99,6 +100,8 @@ def test_an_unfinished_run_or_no_run_is_not_exported(cli, tmp_path) -> None:
 
 @pytest.mark.slow
 def test_an_export_replaces_an_earlier_export_and_nothing_else(small_run, cli, tmp_path) -> None:
+    from safetensors.torch import load_file
+
     _, record = small_run
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -107,7 +110,23 @@ def test_an_export_replaces_an_earlier_export_and_nothing_else(small_run, cli, t
     assert code == 2 and f"--output {mine}: the directory is not empty and holds no earlier export" in err
     assert [path.name for path in mine.iterdir()] == ["notes.txt"]
     again = tmp_path / "again"
-    for _ in range(2):  # an earlier export is replaced whole
-        code, out, err = cli("export", str(record.layout.root), "--output", str(again))
+    for dtype in ([], ["--dtype", "bf16"]):  # an earlier export is replaced whole
+        code, out, err = cli("export", str(record.layout.root), "--output", str(again), *dtype)
         assert code == 0, err
         assert out.startswith(f"exported {again} (") and (again / "model.safetensors").is_file()
+        # By default the base's own dtype (the built-in model declares float32), else the one asked for.
+        saved = {tensor.dtype for tensor in load_file(again / "model.safetensors").values()}
+        assert saved == ({torch.bfloat16} if dtype else {torch.float32})
+        declared = json.loads((again / "config.json").read_text())["dtype"]
+        assert declared == ("bfloat16" if dtype else "float32")
+
+
+def test_the_default_export_dtype_is_the_one_the_base_declares(tmp_path) -> None:
+    from sftkey_lora.recipe import ModelConfig
+    from sftkey_lora.train.loading import declared_precision, resolve_model_path
+
+    assert declared_precision(ModelConfig(name_or_path="builtin:tiny")) == "fp32"
+    config = json.loads((Path(resolve_model_path("builtin:tiny")) / "config.json").read_text())
+    for dtype, expected in (("bfloat16", "bf16"), ("float16", "fp16"), (None, "fp32")):
+        (tmp_path / "config.json").write_text(json.dumps({**config, "dtype": dtype}))
+        assert declared_precision(ModelConfig(name_or_path=str(tmp_path))) == expected

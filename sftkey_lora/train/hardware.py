@@ -26,10 +26,18 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+DTYPE_NAMES: dict[str, ResolvedPrecision] = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+
+
 def torch_dtype(precision: ResolvedPrecision) -> Any:
     import torch
 
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
+def precision_of(dtype: Any) -> ResolvedPrecision:
+    """The precision of a torch dtype or of a config's dtype name; fp32 for none or another."""
+    return DTYPE_NAMES.get(str(dtype).removeprefix("torch."), "fp32")
 
 
 def device_summary() -> dict[str, Any]:

@@ -14,7 +14,7 @@ from ..errors import UserError, first_line
 from ..output import route_library_logs
 from ..recipe import ModelConfig
 from ..tags import Tags
-from .hardware import ResolvedPrecision, torch_dtype
+from .hardware import ResolvedPrecision, precision_of, torch_dtype
 from .plan import TokenizerPlan
 
 BUILTIN_PREFIX = "builtin:"
@@ -66,18 +66,19 @@ def add_tag_tokens(tokenizer: Any, tags: Tags) -> list[int]:
     return tokenizer.convert_tokens_to_ids(list(tags.all))
 
 
-def load_model(cfg: ModelConfig, precision: ResolvedPrecision, *, vocab_size: int):
+def load_model(cfg: ModelConfig, precision: ResolvedPrecision, *, vocab_size: int,
+               weights: ResolvedPrecision | None = None):
     """The model to train or compare: in 4-bit NF4 when `model.quantization` says so
-    (QLoRA), else in the compute dtype; on the GPU when there is one."""
+    (QLoRA), computing in `precision`; its other weights in `weights` (default `precision`);
+    on the GPU when there is one."""
     import torch
 
-    dtype = torch_dtype(precision)
     kwargs = {}
     if cfg.quantization == "nf4":
-        kwargs["quantization_config"] = nf4_config(cfg, dtype)
+        kwargs["quantization_config"] = nf4_config(cfg, torch_dtype(precision))
     if torch.cuda.is_available():
         kwargs["device_map"] = {"": torch.cuda.current_device()}
-    return pretrained_model(cfg, vocab_size, dtype=dtype, **kwargs)
+    return pretrained_model(cfg, vocab_size, dtype=torch_dtype(weights or precision), **kwargs)
 
 
 def pretrained_model(cfg: ModelConfig, vocab_size: int, **kwargs: Any):
@@ -96,6 +97,19 @@ def pretrained_model(cfg: ModelConfig, vocab_size: int, **kwargs: Any):
     if model.get_input_embeddings().num_embeddings < vocab_size:
         model.resize_token_embeddings(vocab_size)
     return model
+
+
+def declared_precision(cfg: ModelConfig) -> ResolvedPrecision:
+    """The dtype the model's checkpoint declares (`dtype` in its config.json; fp32 where none)."""
+    from transformers import AutoConfig
+
+    route_library_logs()
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_path(cfg.name_or_path), revision=cfg.revision,
+                                            trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise UserError(_missing_model_message(cfg.name_or_path, err)) from None
+    return precision_of(getattr(config, "dtype", None))
 
 
 def nf4_config(cfg: ModelConfig, compute_dtype):

@@ -39,15 +39,20 @@ class StageStep:
     config: StageConfig  # the recipe's `lora` and `training` with the stage's own keys over them
     full: bool  # every weight trains; else a fresh adapter over `base`
     tag_rows: bool  # the added tag tokens' embedding (and untied head) rows train with the adapter
-    precision: ResolvedPrecision
+    precision: ResolvedPrecision  # what the stage computes in (the Trainer's autocast)
+    # What the model's weights are loaded and kept in. In full mode fp32 master weights: an
+    # AdamW step of lr 5e-6 on a bf16 weight of 0.02 is below its spacing (about 1e-4) and
+    # rounds away. With adapters the base is frozen (peft keeps the adapter itself in fp32).
+    weights: ResolvedPrecision
     training_args: dict[str, Any]  # TrainingArguments field names and values
-    output: Path  # the adapter, or in full mode the whole model, with the tokenizer
+    output: Path  # the adapter, or in full mode the whole model (in `weights`), with the tokenizer
     tensorboard: Path | None = None  # where the stage's TensorBoard events go, where asked for
 
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "labels": self.labels, "base": self.base.name_or_path,
                 "lora": None if self.full else self.config.lora.model_dump(mode="json"),
-                "precision": self.precision, "tag_rows": self.tag_rows, "output": str(self.output),
+                "precision": self.precision, "weights": self.weights, "tag_rows": self.tag_rows,
+                "output": str(self.output),
                 "tensorboard": self.tensorboard and str(self.tensorboard),
                 "training_args": self.training_args}
 
@@ -148,7 +153,8 @@ def plan_run(recipe: Recipe, layout: RunLayout) -> RunPlan:
                                   backend=recipe.model.backend)
         previous = StageStep(spec.name, spec.labels, base, config, full,
                              tag_rows=tokenizer.add_tags and previous is None and not full,
-                             precision=precision, training_args=args, output=layout.stage_dir(spec.name),
+                             precision=precision, weights="fp32" if full else precision, training_args=args,
+                             output=layout.stage_dir(spec.name),
                              tensorboard=layout.tensorboard_dir(spec.name)
                              if TENSORBOARD in config.training.report_to else None)
         steps.append(previous)

@@ -103,7 +103,7 @@ def _stage_model(step: StageStep, inputs: StageInputs, vocab_size: int) -> Any:
         return saves_without_embedding(unsloth_lora_model(
             step.base, step.config.lora, step.precision, vocab_size=vocab_size, max_length=longest,
             seed=training.seed, gradient_checkpointing=training.gradient_checkpointing))
-    model = load_model(step.base, step.precision, vocab_size=vocab_size)
+    model = load_model(step.base, step.precision, vocab_size=vocab_size, weights=step.weights)
     if step.full:
         return model
     return saves_without_embedding(attach_lora(
