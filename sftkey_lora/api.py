@@ -54,7 +54,7 @@ def run(recipe: Recipe, output: str | Path | None = None, fresh: bool = False) -
         from .train.unsloth import require_unsloth
 
         require_unsloth()  # before transformers is imported, so that its patches apply
-    with holding(RunLayout(run_dir)):  # a directory in use refused before the heavy imports
+    with holding(RunLayout(run_dir).claim):  # a directory in use refused before the heavy imports
         from .pipeline import run_recipe
 
         return run_recipe(recipe, run_dir, fresh=fresh)
@@ -78,7 +78,7 @@ def evaluate(target: str | Path, tasks: list[str] | None = None, limit: int | No
         if recipe is not None or output is not None:
             raise UserError("--recipe / --output: a run is evaluated with its own recipe, into its directory")
         own = recorded_recipe(layout, _as_items(overrides))
-        with holding(layout), logged_to(layout.log_file):
+        with holding(layout.claim), logged_to(layout.log_file):
             record = RunRecord.open(layout, own, fresh=False)  # refuses a change to what was trained
             return evaluate_run(own, record, _evaluation(plan_evaluation(own, tasks, limit)))
     base = recipe if isinstance(recipe, Recipe) else load_recipe(recipe) if recipe else Recipe()
@@ -88,8 +88,12 @@ def evaluate(target: str | Path, tasks: list[str] | None = None, limit: int | No
         apply_override(raw, item)
     chosen = validate_recipe(raw, source=str(recipe if isinstance(recipe, str | Path) else "eval"))
     name = Path(str(target).removeprefix("builtin:")).name
-    out = Path(output) if output is not None else Path("evals") / name
-    return evaluate_model(chosen, RunLayout(out), _evaluation(plan_evaluation(chosen, tasks, limit)))
+    out = RunLayout(Path(output) if output is not None else Path("evals") / name)
+    if is_run(out.root):
+        raise UserError(f"--output {out.root}: a run directory, whose evaluation is its own final model's; "
+                        f"evaluate the run with `sftkey-lora eval {out.root}`, or choose another --output")
+    with holding(out.evaluation_claim):
+        return evaluate_model(chosen, out, _evaluation(plan_evaluation(chosen, tasks, limit)))
 
 
 def compare(recipe: Recipe, output: str | Path | None = None, fresh: bool = False,

@@ -11,9 +11,10 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import UserError
+from .errors import SharedUserError, UserError
 from .output import set_verbosity
 from .recipe import load_recipe
+from .train.distributed import rank
 
 EXIT_USER_ERROR = 2
 
@@ -271,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         COMMANDS[args.command](args)
     except UserError as err:
-        print(f"sftkey-lora: error: {err}", file=sys.stderr)
+        if not isinstance(err, SharedUserError) or rank() == 0:
+            print(f"sftkey-lora: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         return 130

@@ -32,6 +32,7 @@ from .plots import plot_key_loss_curves, plot_metric_bars
 from .recipe import Recipe
 from .rundir.files import write_json_atomic, write_text_atomic
 from .rundir.layout import EVAL_STEP, CompareLayout
+from .rundir.lock import holding
 from .rundir.outcomes import EvalOutcome, StageOutcome
 from .rundir.record import RunRecord
 from .strategies import BASELINE, METHOD, METHOD_STAGE1, STAGE_NAMES, STRATEGIES
@@ -50,7 +51,7 @@ def compare(recipe: Recipe, out_dir: Path, fresh: bool = False, seeds: list[int]
         raise UserError("eval.tasks: a comparison is made of evaluations; give the tasks to evaluate on "
                         "(and eval.path for a jsonl source)")
     layout = CompareLayout(out_dir)
-    with logged_to(layout.log_file):
+    with holding(layout.claim), logged_to(layout.log_file):
         return _compare(recipe, layout, fresh, seeds)
 
 

@@ -11,6 +11,11 @@ class UserError(Exception):
     """
 
 
+class SharedUserError(UserError):
+    """A UserError every process of a launch (torchrun) raises alike, from one decision of the
+    main process: only the main process prints it, so the user reads it once."""
+
+
 def first_line(err: BaseException) -> str:
     """The first line of an exception's message, for one-line user messages."""
     text = str(err).strip()

@@ -19,7 +19,7 @@ import yaml
 
 from .errors import UserError
 from .rundir.files import replace_dir, write_json_atomic, write_text_atomic
-from .rundir.layout import EXPORTED_RECIPE, RunLayout, temporary
+from .rundir.layout import EXPORTED_RECIPE, Claim, RunLayout, temporary
 from .rundir.lock import holding
 from .rundir.record import RunRecord, is_run, recorded_recipe
 from .strategies import STRATEGIES
@@ -43,10 +43,7 @@ def export_run(run_dir: Path, output: Path | None = None, dtype: ResolvedPrecisi
         raise UserError(f"{run_dir}: {', '.join(unfinished)} not complete; finish the run first "
                         "(`sftkey-lora run` with its recipe resumes it)")
     out = output or layout.export_dir
-    if out.exists() and not (out / EXPORTED_RECIPE).is_file() and any(out.iterdir()):
-        raise UserError(f"--output {out}: the directory is not empty and holds no earlier export; "
-                        "choose an empty or new directory")
-    with holding(layout):
+    with holding(layout.claim), holding(Claim(out, EXPORTED_RECIPE, beside=True)):
         tmp = temporary(out)
         model, tokenizer = final_model(plan.final)
         dtype = dtype or declared_precision(recipe.model)

@@ -40,7 +40,7 @@ def run_recipe(recipe: Recipe, run_dir: Path, fresh: bool = False) -> RunRecord:
     recorded; the run directory is held throughout (`rundir.lock`) and its messages go to
     `run.log`. With several processes all train; the main one alone merges, evaluates, reports."""
     layout = RunLayout(run_dir)
-    with holding(layout):
+    with holding(layout.claim):
         record = RunRecord.open(layout, recipe, fresh)
         with logged_to(layout.log_file) if is_main() else nullcontext():
             _run_steps(recipe, record)

@@ -107,7 +107,7 @@ def test_an_export_replaces_an_earlier_export_and_nothing_else(small_run, cli, t
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
     code, _, err = cli("export", str(record.layout.root), "--output", str(mine))
-    assert code == 2 and f"--output {mine}: the directory is not empty and holds no earlier export" in err
+    assert code == 2 and f"--output {mine}: the directory is not empty and holds no sftkey_recipe.json" in err
     assert [path.name for path in mine.iterdir()] == ["notes.txt"]
     again = tmp_path / "again"
     for dtype in ([], ["--dtype", "bf16"]):  # an earlier export is replaced whole

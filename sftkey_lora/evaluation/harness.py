@@ -126,7 +126,10 @@ def grade_samples(records: list[dict[str, Any]], cfg: EvalConfig
 
 
 def _write(out: RunLayout, metrics: dict[str, Any], samples: dict[str, list[dict[str, Any]]]) -> None:
+    """Samples and metrics as one unit: metrics.json goes first and comes back last, so a
+    metrics.json always has its own samples beside it (a kill between leaves none to read)."""
     out.root.mkdir(parents=True, exist_ok=True)
+    out.metrics_file.unlink(missing_ok=True)
     tmp = temporary(out.samples_dir)
     tmp.mkdir(exist_ok=True)
     for task, rows in samples.items():

@@ -7,11 +7,13 @@ adapter; in full mode the last stage's own weights.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
 from ..errors import UserError
-from ..recipe import Recipe
+from ..recipe import ModelConfig, Recipe
+from ..rundir.files import write_json_atomic
 from ..rundir.layout import EVAL_STEP, RunLayout
 from ..rundir.outcomes import EvalOutcome
 from ..rundir.record import RunRecord
@@ -67,8 +69,10 @@ def _final_model(final: FinalModel) -> tuple[Any, Any, str]:
 
 
 def evaluate_model(recipe: Recipe, out: RunLayout, step: EvalStep) -> dict[str, Any]:
-    """Evaluate `recipe.model` as it is (e.g. the untuned base), loaded as training loads it.
-    Its own tokenizer: the base never saw tags as added tokens and reads them as text."""
+    """Evaluate `recipe.model` as it is (e.g. the untuned base), loaded as training loads it,
+    into `out`, which names the model (`evaluation.json`) and never takes another model's
+    evaluation. Its own tokenizer: the base never saw tags as added tokens and reads them as text."""
+    claim_for(recipe.model, out)
     tokenizer = load_tokenizer(recipe.model)
     precision = resolve_precision(recipe.training.precision)
     model = load_model(recipe.model, precision, vocab_size=len(tokenizer)).eval()
@@ -79,3 +83,20 @@ def evaluate_model(recipe: Recipe, out: RunLayout, step: EvalStep) -> dict[str, 
     metrics = evaluate(model, tokenizer, step.tasks, step.settings, metadata, out, step.limit)
     write_run_report(out, recipe.model.name_or_path, metrics, described, step.settings.alpha)
     return metrics
+
+
+def claim_for(model: ModelConfig, out: RunLayout) -> None:
+    """Write which model `out` evaluates; a directory that holds another model's evaluation is
+    refused before anything in it changes (`significance` would read the wrong one)."""
+    named = {"name_or_path": model.name_or_path, "revision": model.revision}
+    try:
+        earlier = json.loads(out.evaluation_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        earlier = named
+    except (OSError, ValueError) as err:
+        raise UserError(f"{out.evaluation_file}: unreadable ({err}); remove the directory or choose "
+                        "another --output") from None
+    if {key: earlier.get(key) for key in named} != named:
+        raise UserError(f"--output {out.root}: holds the evaluation of {earlier.get('name_or_path')!r}, "
+                        f"not of {model.name_or_path!r}; choose another --output")
+    write_json_atomic(out.evaluation_file, named)

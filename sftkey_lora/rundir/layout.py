@@ -23,9 +23,35 @@ EXPORTED_RECIPE = "sftkey_recipe.json"  # in an export: the run's recipe, so its
 LOCK_NAME, OWNER_NAME = "run.lock", "run.lock.json"  # kept by --fresh: they belong to the run now writing
 
 
+RUN_FILE, EVALUATION_FILE, COMPARE_LOG = "run.json", "evaluation.json", "compare.log"
+
+
 def temporary(path: Path, tag: str = "") -> Path:
     """The name a file or folder is written under before it is renamed into place."""
     return path.with_name(f".{path.name}{f'.{tag}' if tag else ''}.tmp")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A directory one command writes and holds while it does (`rundir.lock`): the file that
+    says a directory is of its kind, and where the lock lies."""
+
+    root: Path
+    marker: str  # run.json of a run, evaluation.json of an evaluation, compare.log of a comparison
+    beside: bool = False  # the lock lies beside `root`, which is replaced whole (an export)
+
+    @property
+    def lock_file(self) -> Path:
+        """Held (an OS file lock) by the process that writes the directory; free once it ends."""
+        return self._lock_path(LOCK_NAME)
+
+    @property
+    def owner_file(self) -> Path:
+        """Who holds the lock: what a refused second command names."""
+        return self._lock_path(OWNER_NAME)
+
+    def _lock_path(self, name: str) -> Path:
+        return self.root.with_name(f".{self.root.name}.{name}") if self.beside else self.root / name
 
 
 @dataclass(frozen=True)
@@ -35,8 +61,22 @@ class RunLayout:
     root: Path
 
     @property
+    def claim(self) -> Claim:
+        """The run as `run` holds it; `evaluation_claim` for an evaluation outside a run."""
+        return Claim(self.root, RUN_FILE)
+
+    @property
+    def evaluation_claim(self) -> Claim:
+        return Claim(self.root, EVALUATION_FILE)
+
+    @property
     def run_file(self) -> Path:
-        return self.root / "run.json"
+        return self.root / RUN_FILE
+
+    @property
+    def evaluation_file(self) -> Path:
+        """An evaluation of a model outside a run: which model, so another is never written over it."""
+        return self.root / EVALUATION_FILE
 
     @property
     def log_file(self) -> Path:
@@ -45,13 +85,11 @@ class RunLayout:
 
     @property
     def lock_file(self) -> Path:
-        """Held (an OS file lock) by the process that writes the run; free once it ends."""
-        return self.root / LOCK_NAME
+        return self.claim.lock_file
 
     @property
     def owner_file(self) -> Path:
-        """Who holds the lock: what a refused second run names."""
-        return self.root / OWNER_NAME
+        return self.claim.owner_file
 
     def stage_dir(self, stage: str) -> Path:
         """A stage's adapter (or, in full mode, its whole model), with its tokenizer."""
@@ -120,6 +158,10 @@ class CompareLayout:
 
     root: Path
 
+    @property
+    def claim(self) -> Claim:
+        return Claim(self.root, COMPARE_LOG)
+
     def run(self, strategy: str, seed: int | None = None) -> RunLayout:
         return RunLayout(self.root / strategy if seed is None else self.root / f"seed-{seed}" / strategy)
 
@@ -134,8 +176,8 @@ class CompareLayout:
 
     @property
     def log_file(self) -> Path:
-        """The comparison's messages (each run's are also in its own run.log)."""
-        return self.root / "compare.log"
+        """The comparison's messages (each run's are also in its own run.log), from its first moment."""
+        return self.root / COMPARE_LOG
 
     @property
     def bars_plot(self) -> Path:

@@ -1,11 +1,12 @@
-"""One run at a time in a run directory.
+"""One command at a time in a directory it writes: a run, an evaluation, a comparison, an export.
 
-The process that writes a run holds an OS file lock on `run.lock` (filelock's `flock` on
-Unix) for as long as it writes, and notes who it is in `run.lock.json`. A second process
-is refused at once, before it changes anything, with the holder named. The OS releases the
-lock when its process ends, however it ends, so a lock left by a killed run never blocks
-the next one. The processes of one torchrun job share the run: the main one holds the lock
-for all, and tells the others whether it got it.
+The process that writes holds an OS file lock on `run.lock` (filelock's `flock` on Unix) for
+as long as it writes, and notes who it is in `run.lock.json`. A second process is refused at
+once, before it changes anything, with the holder named. The OS releases the lock when its
+process ends, however it ends, so a lock left by a killed command never blocks the next one.
+A file system without `flock` is refused rather than locked with a marker file that a killed
+process would leave behind (filelock's soft fallback). The processes of one torchrun job share
+the directory: the main one holds the lock for all, and tells the others whether it got it.
 """
 
 from __future__ import annotations
@@ -17,34 +18,26 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from ..errors import UserError
-from ..train.distributed import from_main, is_main
+from ..train.distributed import main_decides
 from .files import write_json_atomic
-from .layout import LOCK_NAME, OWNER_NAME, RunLayout
+from .layout import LOCK_NAME, OWNER_NAME, Claim
 
 
 @contextmanager
-def holding(layout: RunLayout) -> Iterator[None]:
-    """Hold the run directory for the block (again, where this process already holds it)."""
-    from filelock import FileLock, Timeout
+def holding(claim: Claim) -> Iterator[None]:
+    """Hold the claimed directory for the block (again, where this process already holds it).
+    Every check is the main process's; a refusal reaches every process as the same error."""
+    lock = None
 
-    lock, refusal = None, None
-    if is_main():
-        refuse_foreign(layout)
-        layout.root.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(layout.lock_file, timeout=0, is_singleton=True)
-        try:
-            lock.acquire()
-        except Timeout:
-            lock, refusal = None, (f"{layout.root}: in use by {_holder(layout)}; wait for it to end, "
-                                   "or choose another --output")
-        else:
-            if lock.lock_counter == 1:
-                write_json_atomic(layout.owner_file, _me())
-    refusal = from_main(refusal)
-    if refusal:
-        raise UserError(refusal)
+    def take() -> None:
+        nonlocal lock
+        refuse_foreign(claim)
+        lock = _acquire(claim)
+
+    main_decides(take)
     try:
         yield
     finally:
@@ -52,12 +45,30 @@ def holding(layout: RunLayout) -> Iterator[None]:
             lock.release()
 
 
-def refuse_foreign(layout: RunLayout) -> None:
-    """A directory that holds files and no run is never written into (nor locked)."""
-    root, file = layout.root, layout.run_file
-    if root.exists() and not file.exists() and any(
+def _acquire(claim: Claim) -> Any:
+    from filelock import FileLock, Timeout
+
+    claim.lock_file.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(claim.lock_file, timeout=0, is_singleton=True, fallback_to_soft=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise UserError(f"{claim.root}: in use by {_holder(claim)}; wait for it to end, "
+                        "or choose another --output") from None
+    except OSError as err:  # ENOSYS and the like: the file system has no flock
+        raise UserError(f"{claim.root}: cannot be locked here ({err}); choose an --output on a local "
+                        "disk") from None
+    if lock.lock_counter == 1:
+        write_json_atomic(claim.owner_file, _me())
+    return lock
+
+
+def refuse_foreign(claim: Claim) -> None:
+    """A directory that holds files but not the claim's marker is never written into (nor locked)."""
+    root = claim.root
+    if root.exists() and not (root / claim.marker).exists() and any(
             path.name not in (LOCK_NAME, OWNER_NAME) for path in root.iterdir()):
-        raise UserError(f"--output {root}: the directory is not empty and holds no {file.name}; "
+        raise UserError(f"--output {root}: the directory is not empty and holds no {claim.marker}; "
                         "choose an empty or new directory")
 
 
@@ -66,10 +77,10 @@ def _me() -> dict[str, object]:
             "command": " ".join(sys.argv)}
 
 
-def _holder(layout: RunLayout) -> str:
+def _holder(claim: Claim) -> str:
     """The holder as its note says, or plainly "another process" before it has written one."""
     try:
-        owner = json.loads(layout.owner_file.read_text(encoding="utf-8"))
+        owner = json.loads(claim.owner_file.read_text(encoding="utf-8"))
         return (f"process {owner['pid']} on {owner['host']} since {owner['since']} "
                 f"(`{owner['command']}`)")
     except (OSError, ValueError, KeyError, TypeError):

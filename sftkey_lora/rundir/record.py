@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from ..errors import UserError, first_line
 from ..recipe import Recipe, apply_override, validate_recipe
-from ..train.distributed import is_main, wait_for_everyone, world_size
+from ..train.distributed import is_main, main_decides, wait_for_everyone, world_size
 from ..train.hardware import device_summary
 from .files import empty_run_dir, write_json_atomic
 from .layout import RunLayout
@@ -41,7 +41,7 @@ class RunRecord:
         With several processes the main one writes it and the others read it."""
         file = layout.run_file
         resolved = recipe.model_dump(mode="json")
-        _refuse_other_contents(layout, resolved, fresh)  # every process alike: nothing written yet
+        main_decides(lambda: _refuse_other_contents(layout, resolved, fresh))  # nothing written yet
         if is_main():
             if fresh and file.exists():
                 empty_run_dir(layout)
@@ -101,7 +101,7 @@ class RunRecord:
 def _refuse_other_contents(layout: RunLayout, resolved: dict[str, Any], fresh: bool) -> None:
     """A directory that is neither empty, nor new, nor a run of this recipe is never written into."""
     file = layout.run_file
-    refuse_foreign(layout)
+    refuse_foreign(layout.claim)
     if file.exists() and not fresh:
         trained = _training_part(_read(file).get("recipe") or {})
         if trained != _training_part(resolved):

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
-from ..errors import UserError
+from ..errors import SharedUserError, UserError
+
+T = TypeVar("T")
 
 
 def world_size() -> int:
@@ -67,6 +70,21 @@ def from_main(value: Any) -> Any:
 
     _state()
     return broadcast_object_list([value], from_process=0)[0]
+
+
+def main_decides(check: Callable[[], T]) -> T:
+    """`check` run by the main process alone, its result or its UserError in every process
+    (raised there as a SharedUserError, which only the main process prints)."""
+    outcome: tuple[T | None, str | None] = (None, None)
+    if is_main():
+        try:
+            outcome = (check(), None)
+        except UserError as err:
+            outcome = (None, str(err))
+    result, refusal = from_main(outcome)
+    if refusal is not None:
+        raise SharedUserError(refusal)
+    return result  # type: ignore[return-value]
 
 
 def sharded() -> bool:
