@@ -28,7 +28,7 @@ class Collator:
     hidden_only: bool = False
     # One row of all the batch's examples, no padding: `position_ids` restart at every example
     # and there is no attention mask, from which transformers builds a mask that keeps each
-    # example's attention to itself.
+    # example's attention to itself (with the KV cache off, which the batch says itself).
     packed: bool = False
 
     def __post_init__(self) -> None:
@@ -44,6 +44,9 @@ class Collator:
             batch = DataCollatorWithFlattening(separator_id=IGNORE)(
                 [{"input_ids": row.input_ids.tolist(), "labels": row.labels(self.labels).tolist()}
                  for row in rows])
+            # transformers finds the examples from the position ids only when it builds no KV
+            # cache: a config with `use_cache: true` would let each example attend to those before.
+            batch["use_cache"] = False
         else:
             width = max(len(row.input_ids) for row in rows)
             batch = {

@@ -39,14 +39,19 @@ def test_a_packed_batch_is_one_row_with_positions_per_example(tiny_tokenizer, ro
     assert batch["labels"][0].tolist() == labelled  # every example's first token is prompt: no label lost
 
 
-def test_attention_stays_inside_each_example(tiny_tokenizer, rows, model) -> None:
+@pytest.mark.parametrize("use_cache", [False, True])
+def test_attention_stays_inside_each_example(tiny_tokenizer, rows, model, monkeypatch, use_cache) -> None:
+    """Whatever the model's config says of its KV cache: transformers finds packed examples from
+    the position ids only when no cache is built, so the batch itself turns the cache off."""
+    monkeypatch.setattr(model.config, "use_cache", use_cache)
     collate = Collator(pad_id(tiny_tokenizer), "full", packed=True)
     first = len(rows[0].input_ids)
     changed = dataclasses.replace(rows[0], input_ids=(rows[0].input_ids + 7) % 500)
 
     def later_logits(batch: dict) -> torch.Tensor:
+        inputs = {name: value for name, value in batch.items() if name != "labels"}  # as the Trainer passes them
         with torch.no_grad():
-            return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0, first:]
+            return model(**inputs).logits[0, first:]
 
     assert torch.allclose(later_logits(collate(rows)), later_logits(collate([changed, *rows[1:]])), atol=1e-5)
     # Control: one long sequence (positions not restarting) lets the later examples see the first.
