@@ -133,7 +133,8 @@ def comparison_markdown(recipe: Recipe, results: dict[str, dict[str, Any]],
               f"p < {LEVEL}. `{METHOD}` − `{METHOD_STAGE1}` is stage 2's effect.",
               "", pairs_table(pairs), ""]
     parts += ["## Held-out key-token loss", "",
-              "Key tokens follow `</Thinking>`; for the untagged `sft`, the separator and the answer."
+              f"Key tokens follow `{recipe.format.tag_strings.think_close}`; for the untagged `sft`, "
+              "the separator and the answer."
               + (" Means over the seeds." if seeds else ""),
               "", "| | start | end | this command's wall time |", "|---|---:|---:|---:|"]
     for name, history in curves.items():

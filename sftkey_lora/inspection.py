@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .data import DataReport, load_examples
-from .prep.masks import IGNORE, Encoded, encode_examples
+from .prep.masks import IGNORE, Encoded
+from .prep.prepare import encode_examples
 from .prep.render import Segment
 from .recipe import Recipe
 from .strategies import STRATEGIES, StageSpec, StrategySpec

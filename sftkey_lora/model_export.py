@@ -18,8 +18,8 @@ from typing import Any
 import yaml
 
 from .errors import UserError
-from .rundir.files import replace_dir, write_json_atomic, write_text_atomic
-from .rundir.layout import EXPORTED_RECIPE, Claim, RunLayout, temporary
+from .rundir.files import empty_temporary, replace_dir, write_json_atomic, write_text_atomic
+from .rundir.layout import EXPORTED_RECIPE, Claim, RunLayout
 from .rundir.lock import holding
 from .rundir.record import RunRecord, is_run, recorded_recipe
 from .strategies import STRATEGIES
@@ -44,7 +44,7 @@ def export_run(run_dir: Path, output: Path | None = None, dtype: ResolvedPrecisi
                         "(`sftkey-lora run` with its recipe resumes it)")
     out = output or layout.export_dir
     with holding(layout.claim), holding(Claim(out, EXPORTED_RECIPE, beside=True)):
-        tmp = temporary(out)
+        tmp = empty_temporary(out)
         model, tokenizer = final_model(plan.final)
         dtype = dtype or declared_precision(recipe.model)
         model = model.to(torch_dtype(dtype))

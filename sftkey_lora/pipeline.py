@@ -21,7 +21,8 @@ from .evaluation.runner import evaluate_run
 from .output import RESULT, logged_to
 from .plots import plot_stage_losses
 from .prep.collate import Collator, batches, pad_id
-from .prep.masks import Encoded, encode_examples
+from .prep.masks import Encoded
+from .prep.prepare import encode_examples
 from .recipe import Recipe
 from .rundir.files import remove_checkpoints, remove_partial_checkpoints
 from .rundir.layout import EVAL_STEP, RunLayout

@@ -17,6 +17,9 @@ from pathlib import Path
 from .data.synthetic import synthetic_split
 from .prep.render import render, render_prompt
 from .recipe import PAPER_SYSTEM_PROMPT, FormatConfig
+from .rundir.files import empty_temporary, replace_dir
+from .rundir.layout import Claim
+from .rundir.lock import refuse_foreign
 
 EOS = "<|endoftext|>"
 VOCAB_SIZE = 2048
@@ -63,9 +66,11 @@ def tokenizer_corpus(seed: int) -> list[str]:
 def build_tiny(
     output: Path, steps: int = 3000, seed: int = 0, n_problems: int = 60000, eval_problems: int = 50
 ) -> dict[str, float]:
-    """Train tokenizer and model from scratch, save them to `output`, report competence."""
+    """Train tokenizer and model from scratch, save them to `output` (a new directory or an
+    earlier model, replaced whole), report competence."""
     from transformers import LlamaConfig, LlamaForCausalLM, set_seed
 
+    refuse_foreign(Claim(output, "config.json"))  # never replace a directory of other files
     set_seed(seed)
     tokenizer = train_tokenizer(tokenizer_corpus(seed))
     config = LlamaConfig(
@@ -79,9 +84,11 @@ def build_tiny(
              for e in synthetic_split("pretrain", n_problems, 200, seed)]
     final_loss = pretrain(model, tokenizer, texts, steps, seed)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    output.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(output, safe_serialization=True)
-    tokenizer.save_pretrained(output)
+    tmp = empty_temporary(output)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    replace_dir(tmp, output)  # a kill never leaves half a model where the kit loads it from
     accuracy = untagged_accuracy(model, tokenizer, eval_problems, seed)
     return {"final_loss": final_loss, "untagged_test_accuracy": accuracy}
 

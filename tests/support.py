@@ -55,7 +55,7 @@ def holdout_batches(recipe, segments: bool = False) -> list[dict]:
     from sftkey_lora.data import load_examples
     from sftkey_lora.pipeline import split_holdout
     from sftkey_lora.prep.collate import Collator, batches, pad_id
-    from sftkey_lora.prep.masks import encode_examples
+    from sftkey_lora.prep.prepare import encode_examples
     from sftkey_lora.train.loading import run_tokenizer
     from sftkey_lora.train.plan import plan_tokenizer
 

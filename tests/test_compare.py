@@ -109,3 +109,12 @@ def test_compare_needs_tasks_to_evaluate_on(cli, tmp_path) -> None:
     code, _, err = cli("compare", str(QUICKSTART), "--output", str(tmp_path / "cmp"), "--set=eval.tasks=[]")
     assert code == 2 and "eval.tasks: a comparison is made of evaluations" in err
     assert not (tmp_path / "cmp").exists()
+
+
+def test_the_report_names_the_recipes_own_tags(tmp_path) -> None:
+    from sftkey_lora.comparison import comparison_markdown
+
+    recipe = load_recipe(QUICKSTART, ["format.tag_strings.think_open=<think>",
+                                      "format.tag_strings.think_close=</think>"])
+    report = comparison_markdown(recipe, {}, {}, {}, CompareLayout(tmp_path), [], None)
+    assert "Key tokens follow `</think>`" in report and "</Thinking>" not in report

@@ -110,6 +110,9 @@ def test_an_export_replaces_an_earlier_export_and_nothing_else(small_run, cli, t
     assert code == 2 and f"--output {mine}: the directory is not empty and holds no sftkey_recipe.json" in err
     assert [path.name for path in mine.iterdir()] == ["notes.txt"]
     again = tmp_path / "again"
+    killed = tmp_path / ".again.tmp"  # what a killed export left: never carried into the next one
+    killed.mkdir()
+    (killed / "model-00002-of-00002.safetensors").write_bytes(b"stale shard")
     for dtype in ([], ["--dtype", "bf16"]):  # an earlier export is replaced whole
         code, out, err = cli("export", str(record.layout.root), "--output", str(again), *dtype)
         assert code == 0, err
@@ -119,6 +122,7 @@ def test_an_export_replaces_an_earlier_export_and_nothing_else(small_run, cli, t
         assert saved == ({torch.bfloat16} if dtype else {torch.float32})
         declared = json.loads((again / "config.json").read_text())["dtype"]
         assert declared == ("bfloat16" if dtype else "float32")
+        assert not list(again.glob("model-*")) and not killed.exists()
 
 
 def test_the_default_export_dtype_is_the_one_the_base_declares(tmp_path) -> None:

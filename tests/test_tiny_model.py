@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from sftkey_lora.errors import UserError
 from sftkey_lora.tiny_model import build_tiny, untagged_accuracy
 from sftkey_lora.train.loading import resolve_model_path
 
@@ -50,3 +51,15 @@ def test_build_is_deterministic_and_reproduces_the_shipped_tokenizer(tmp_path: P
         build_tiny(out, steps=2, n_problems=64, eval_problems=1)
     assert (first / "model.safetensors").read_bytes() == (second / "model.safetensors").read_bytes()
     assert (first / "tokenizer.json").read_text() == (TINY / "tokenizer.json").read_text()
+    # A rebuild replaces the model whole, whatever a killed build left in its temporary folder.
+    stale = tmp_path / ".a.tmp"
+    stale.mkdir()
+    (stale / "model-00002-of-00002.safetensors").write_bytes(b"stale shard")
+    build_tiny(first, steps=2, n_problems=64, eval_problems=1)
+    assert sorted(path.name for path in first.iterdir()) == sorted(path.name for path in second.iterdir())
+    assert not stale.exists()
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("mine")
+    with pytest.raises(UserError, match="is not empty and holds no config.json"):
+        build_tiny(notes, steps=2)

@@ -88,7 +88,7 @@ def _setup(parquet: str, tokenizer_dir: str) -> tuple[Any, Any, Any]:
 def kit(parquet: str, tokenizer_dir: str) -> dict[str, Any]:
     """The kit's preparation, as a run does it ($SFTKEY_LORA_CACHE names the cache)."""
     from ..data import load_examples
-    from ..prep.masks import encode_examples
+    from ..prep.prepare import encode_examples
     from ..train.hardware import resident_mb
 
     data, fmt, tokenizer = _setup(parquet, tokenizer_dir)

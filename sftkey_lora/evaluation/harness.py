@@ -20,8 +20,8 @@ from typing import Any
 from ..errors import UserError
 from ..output import RESULT, bars_disabled, route_library_logs
 from ..recipe import EvalConfig
-from ..rundir.files import replace_dir, write_json_atomic
-from ..rundir.layout import RunLayout, temporary
+from ..rundir.files import empty_temporary, replace_dir, write_json_atomic
+from ..rundir.layout import RunLayout
 from .judge import Case, check_reachable, judge_all
 from .metrics import METRICS, score
 from .significance import combined_error, standard_error
@@ -130,8 +130,8 @@ def _write(out: RunLayout, metrics: dict[str, Any], samples: dict[str, list[dict
     metrics.json always has its own samples beside it (a kill between leaves none to read)."""
     out.root.mkdir(parents=True, exist_ok=True)
     out.metrics_file.unlink(missing_ok=True)
-    tmp = temporary(out.samples_dir)
-    tmp.mkdir(exist_ok=True)
+    tmp = empty_temporary(out.samples_dir)
+    tmp.mkdir()
     for task, rows in samples.items():
         with (tmp / out.samples_file(task).name).open("w", encoding="utf-8") as handle:
             for row in rows:

@@ -3,10 +3,14 @@ strategy with the same tokenizer and format reads them instead of encoding again
 
 The key hashes everything the encoding depends on: every example's text, the format (less
 `max_length`, applied afterwards), whether the response is tagged, the tokenizer (its whole
-backend: vocabulary, merges, added tokens, normalizer; its eos token and chat template) and
-the encoding's version. An entry is written under a temporary name and renamed into place,
-so no reader sees half of one, and is read memory-mapped. `$SFTKEY_LORA_CACHE` moves the
-folder (default ~/.cache/sftkey-lora/prepared); `data.cache: false` turns it off.
+backend: vocabulary, merges, added tokens, normalizer; its eos token and chat template), the
+encoding's version, and the versions of the code that renders and tokenizes (this kit,
+transformers and jinja2, which render chat templates, and tokenizers). An entry is written
+under a unique temporary name in the cache folder and renamed into place, so no reader sees
+half of one, and is read memory-mapped. An entry that cannot be read (cut short, zeroed,
+garbled) is encoded again and replaced; temporaries a killed process left are swept once they
+are an hour old. `$SFTKEY_LORA_CACHE` moves the folder (default ~/.cache/sftkey-lora/prepared);
+`data.cache: false` turns it off.
 """
 
 from __future__ import annotations
@@ -16,7 +20,11 @@ import json
 import os
 import shutil
 import sys
+import tempfile
+import time
 from collections.abc import Iterable, Sequence
+from functools import cache
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +37,8 @@ from .masks import Encoded, encode_all
 
 VERSION = 1  # bump when the encoding of a row changes
 ARRAYS = ("input_ids", "segments", "in_response", "in_key")
+RENDERERS = ("sftkey-lora", "transformers", "jinja2", "tokenizers")  # their versions are in the key
+SWEEP_AFTER = 3600  # seconds: a temporary this old was left by a process that is gone
 
 
 def cache_root() -> Path:
@@ -38,7 +48,7 @@ def cache_root() -> Path:
 
 def cache_key(examples: Sequence[Example], tokenizer: Any, fmt: FormatConfig, tagged: bool) -> str:
     digest = hashlib.sha256()
-    setting = {"version": VERSION, "tagged": tagged, "eos": tokenizer.eos_token_id,
+    setting = {"version": VERSION, "code": code_versions(), "tagged": tagged, "eos": tokenizer.eos_token_id,
                "format": fmt.model_dump(mode="json", exclude={"max_length"}),
                "chat_template": getattr(tokenizer, "chat_template", None)}
     digest.update(json.dumps(setting, sort_keys=True).encode())
@@ -47,6 +57,18 @@ def cache_key(examples: Sequence[Example], tokenizer: Any, fmt: FormatConfig, ta
         for text in (example.prompt, example.thinking, example.answer):
             digest.update(f"{len(text)}:{text}".encode())
     return digest.hexdigest()[:24]
+
+
+@cache
+def code_versions() -> dict[str, str | None]:
+    """The installed versions of what renders and tokenizes a row."""
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {name: version(name) for name in RENDERERS}
 
 
 def encoded_rows(examples: Sequence[Example], tokenizer: Any, fmt: FormatConfig, tagged: bool,
@@ -73,28 +95,56 @@ def _progress(rows: Iterable[Encoded], total: int) -> Iterable[Encoded]:
 
 
 def _read(folder: Path, examples: Sequence[Example]) -> list[Encoded] | None:
+    """The entry's rows, or None where it is absent or not whole: an empty, cut or garbled
+    array, or one whose length disagrees with the bounds."""
     try:
         bounds = np.load(folder / "bounds.npy")
         arrays = [np.load(folder / f"{name}.npy", mmap_mode="r") for name in ARRAYS]
-    except (OSError, ValueError):
-        return None  # absent, or not readable: encode again
-    if len(bounds) != len(examples) + 1 or any(len(array) != bounds[-1] for array in arrays):
+    except (OSError, ValueError, EOFError):  # EOFError: a zero-length file
+        return None
+    whole = (bounds.ndim == 1 and len(bounds) == len(examples) + 1 and bounds[0] == 0
+             and bool(np.all(np.diff(bounds) > 0)) and all(len(array) == bounds[-1] for array in arrays))
+    if not whole:
         return None
     return [Encoded(example, *(array[start:end] for array in arrays))
             for example, start, end in zip(examples, bounds[:-1], bounds[1:], strict=True)]
 
 
 def _write(folder: Path, rows: Sequence[Encoded]) -> None:
-    """Store the rows; a cache that cannot be written (full disk, read-only) only costs time."""
-    temporary = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    """Store the rows in place of any unreadable entry; a cache that cannot be written (full
+    disk, read-only) only costs time."""
+    temporary = None
     try:
-        temporary.mkdir(parents=True, exist_ok=True)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        _sweep(folder.parent)
+        temporary = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
         lengths = [len(row.input_ids) for row in rows]
         np.save(temporary / "bounds.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
         for name in ARRAYS:
             np.save(temporary / f"{name}.npy", np.concatenate([getattr(row, name) for row in rows]))
+        _set_aside(folder)  # an unreadable entry: a rename cannot replace a folder that has files
         os.replace(temporary, folder)
     except OSError:
         pass  # another process stored the same entry first, or the folder cannot be written
     finally:
-        shutil.rmtree(temporary, ignore_errors=True)
+        if temporary is not None:
+            shutil.rmtree(temporary, ignore_errors=True)
+
+
+def _set_aside(folder: Path) -> None:
+    """Move a broken entry out of the way under a temporary name of its own, then delete it."""
+    if folder.exists():
+        aside = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+        os.replace(folder, aside / "old")
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _sweep(root: Path) -> None:
+    """Delete temporaries that killed processes left, once they are SWEEP_AFTER seconds old."""
+    now = time.time()
+    for leftover in root.glob(".*.tmp"):
+        try:
+            if now - leftover.stat().st_mtime > SWEEP_AFTER:
+                shutil.rmtree(leftover, ignore_errors=True)
+        except OSError:
+            pass  # swept by another process meanwhile

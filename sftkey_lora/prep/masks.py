@@ -6,7 +6,8 @@ straddling `</Thinking>`/`<Answer>` counts as key). The end-of-sequence token is
 appended by id and labelled in every stage, also when pad == eos.
 
 Examples are rendered and tokenized a batch at a time (the fast tokenizer spreads a batch
-over the cores) and kept as compact arrays, 7 bytes a token; `prep.cache` keeps them on disk.
+over the cores) and kept as compact arrays, 7 bytes a token; `prep.cache` keeps them on disk,
+`prep.prepare` joins the two.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data import DataReport, Example
+from ..data import Example
 from ..errors import UserError
 from ..recipe import FormatConfig
 from ..strategies import LabelKind
@@ -99,27 +100,3 @@ def encode_all(examples: Sequence[Example], tokenizer: Any, fmt: FormatConfig,
         tokens = tokenizer([r.text for r in rendered], add_special_tokens=False, return_offsets_mapping=True)
         yield from (_from_tokens(r, ids, offsets, prefix, eos, example) for r, ids, offsets, example in
                     zip(rendered, tokens["input_ids"], tokens["offset_mapping"], chunk, strict=True))
-
-
-def encode_examples(
-    examples: Sequence[Example], tokenizer: Any, fmt: FormatConfig, tagged: bool,
-    report: DataReport, cache: bool = True,
-) -> list[Encoded]:
-    """Encode all examples (or read them from the cache, `cache`); those too long for
-    `format.max_length` are dropped and counted, since cutting them would cut the answer
-    (the key span is at the end)."""
-    from .cache import encoded_rows
-
-    kept = []
-    for row in encoded_rows(examples, tokenizer, fmt, tagged, cache):
-        if len(row.input_ids) > fmt.max_length:
-            report.drop("too_long", row.example.id or "example",
-                        f"{len(row.input_ids)} tokens > format.max_length={fmt.max_length}; "
-                        "the key span would be cut")
-        else:
-            kept.append(row)
-    report.used = len(kept)
-    if not kept:
-        raise UserError(f"data: every example is longer than format.max_length="
-                        f"{fmt.max_length}\n{report.format()}")
-    return kept

@@ -23,6 +23,15 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def empty_temporary(final: Path, tag: str = "") -> Path:
+    """The temporary folder `final` is written in before it is renamed into place, emptied of
+    whatever a killed writer left there (stale shards would sit beside the new ones)."""
+    tmp = temporary(final, tag)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    return tmp
+
+
 def replace_dir(tmp: Path, final: Path) -> None:
     """Move a fully written directory into place. An earlier `final` is moved aside first and
     deleted last, so a kill at any moment leaves a whole `final` or a whole `tmp`."""

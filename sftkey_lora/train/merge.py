@@ -20,8 +20,7 @@ import torch.nn.functional as F
 
 from ..prep.masks import IGNORE
 from ..recipe import ModelConfig
-from ..rundir.files import replace_dir
-from ..rundir.layout import temporary
+from ..rundir.files import empty_temporary, replace_dir
 from ..rundir.outcomes import MergeOutcome
 from .hardware import ResolvedPrecision, peak_memory, reset_peak_memory
 from .loading import load_model, pretrained_model
@@ -45,7 +44,7 @@ def merge_stage1(step: MergeStep, tokenizer: Any, holdout: list[dict[str, torch.
     kl: dict[str, float] = {}
     written: dict[str, Path] = {}
     for name in candidates:
-        tmp = temporary(step.output, name)
+        tmp = empty_temporary(step.output, name)
         merged_16bit(model_cfg, step.adapter, name, vocab, precision).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         written[name] = tmp

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from ..prep.collate import Collator, batches, pad_id
 from ..prep.masks import Encoded
-from ..rundir.files import last_whole_checkpoint, replace_dir
+from ..rundir.files import empty_temporary, last_whole_checkpoint, replace_dir
 from ..rundir.layout import KEY_LOSS, THINKING_LOSS, RunLayout, temporary
 from ..rundir.outcomes import Change, StageOutcome
 from ..strategies import LabelKind
@@ -149,7 +149,7 @@ def stage_trainer(model: Any, training_args: dict[str, Any], train: list[Encoded
 
 def _save(trainer: Any, tokenizer: Any, final: Path, full: bool) -> None:
     """The stage's weights and tokenizer, written under a temporary name, then renamed."""
-    tmp = temporary(final)
+    tmp = empty_temporary(final) if is_main() else temporary(final)
     if full:
         trainer.save_model(str(tmp))  # every process takes part (sharded weights); the main one writes
     elif is_main():

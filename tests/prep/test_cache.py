@@ -4,6 +4,8 @@ encoding changed, encoded again when anything did, and never in the way when it 
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ import pytest
 from sftkey_lora.data import DataReport
 from sftkey_lora.data.synthetic import synthetic_split
 from sftkey_lora.prep import cache
-from sftkey_lora.prep.masks import encode_examples
+from sftkey_lora.prep.prepare import encode_examples
 from sftkey_lora.recipe import FormatConfig
 
 EXAMPLES = synthetic_split("train", n_train=40, n_test=1, seed=5)
@@ -87,12 +89,43 @@ def test_anything_that_decides_the_encoding_makes_a_new_entry(tiny_tokenizer, ca
     assert not isinstance(rows[0].input_ids, np.memmap)  # encoded, not read
 
 
-def test_an_unusable_entry_is_encoded_again(tiny_tokenizer, cache_dir) -> None:
+@pytest.mark.parametrize(("name", "damage"), [
+    ("in_key.npy", b"cut short"), ("input_ids.npy", b""), ("bounds.npy", b"\x00" * 200),
+    ("segments.npy", None),  # deleted
+])
+def test_an_unusable_entry_is_encoded_again_and_replaced(tiny_tokenizer, cache_dir, name, damage) -> None:
     first, _ = encoded(tiny_tokenizer)
     (entry,) = cache_dir.iterdir()
-    (entry / "in_key.npy").write_bytes(b"cut short")
+    if damage is None:
+        (entry / name).unlink()
+    else:
+        (entry / name).write_bytes(damage)
     again, _ = encoded(tiny_tokenizer)
     assert same_rows(first, again) and not isinstance(again[0].input_ids, np.memmap)
+    third, _ = encoded(tiny_tokenizer)  # the repaired entry is read back
+    assert same_rows(first, third) and isinstance(third[0].input_ids, np.memmap)
+    assert [path.name for path in cache_dir.iterdir()] == [entry.name]  # nothing left aside
+
+
+def test_temporaries_of_killed_writers_are_swept_once_old(tiny_tokenizer, cache_dir) -> None:
+    cache_dir.mkdir()
+    stale, recent = cache_dir / ".abc.x1.tmp", cache_dir / ".abc.x2.tmp"
+    for folder in (stale, recent):
+        folder.mkdir()
+        (folder / "bounds.npy").write_bytes(b"half")
+    old = time.time() - cache.SWEEP_AFTER - 60
+    os.utime(stale, (old, old))
+    encoded(tiny_tokenizer)
+    assert not stale.exists() and recent.exists()  # another writer may still be filling it
+
+
+def test_the_code_that_renders_and_tokenizes_is_in_the_key(tiny_tokenizer, cache_dir, monkeypatch) -> None:
+    encoded(tiny_tokenizer)
+    versions = {**cache.code_versions(), "transformers": "0.0.1"}
+    monkeypatch.setattr(cache, "code_versions", lambda: versions)
+    rows, _ = encoded(tiny_tokenizer)
+    assert len(list(cache_dir.iterdir())) == 2 and not isinstance(rows[0].input_ids, np.memmap)
+    assert set(cache.RENDERERS) == {"sftkey-lora", "transformers", "jinja2", "tokenizers"}
 
 
 def test_without_the_cache_or_a_writable_folder_rows_are_still_encoded(tiny_tokenizer, tmp_path,

@@ -11,7 +11,8 @@ import torch
 from sftkey_lora.data import DataReport
 from sftkey_lora.data.synthetic import synthetic_split
 from sftkey_lora.prep.collate import Collator, pad_id
-from sftkey_lora.prep.masks import IGNORE, encode_examples
+from sftkey_lora.prep.masks import IGNORE
+from sftkey_lora.prep.prepare import encode_examples
 from sftkey_lora.recipe import FormatConfig, ModelConfig
 from sftkey_lora.train.loss import LabelledLogitsLoss, causal_lm_loss
 from tests.support import model_on_cpu
@@ -49,7 +50,7 @@ def test_attention_stays_inside_each_example(tiny_tokenizer, rows, model, monkey
     changed = dataclasses.replace(rows[0], input_ids=(rows[0].input_ids + 7) % 500)
 
     def later_logits(batch: dict) -> torch.Tensor:
-        inputs = {name: value for name, value in batch.items() if name != "labels"}  # as the Trainer passes them
+        inputs = {name: value for name, value in batch.items() if name != "labels"}  # as the Trainer does
         with torch.no_grad():
             return model(**inputs).logits[0, first:]
 

@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 
 from sftkey_lora.data import DataReport, Example
 from sftkey_lora.errors import UserError
-from sftkey_lora.prep.masks import IGNORE, encode, encode_examples, special_prefix
+from sftkey_lora.prep.masks import IGNORE, encode, special_prefix
+from sftkey_lora.prep.prepare import encode_examples
 from sftkey_lora.prep.render import Segment, render
 from sftkey_lora.recipe import FormatConfig
 from sftkey_lora.tags import PAPER_TAGS, Tags

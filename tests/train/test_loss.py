@@ -11,7 +11,8 @@ import torch
 from sftkey_lora.data import DataReport
 from sftkey_lora.data.synthetic import synthetic_split
 from sftkey_lora.prep.collate import Collator, pad_id
-from sftkey_lora.prep.masks import IGNORE, encode_examples
+from sftkey_lora.prep.masks import IGNORE
+from sftkey_lora.prep.prepare import encode_examples
 from sftkey_lora.prep.render import Segment
 from sftkey_lora.recipe import FormatConfig, LoraSection, ModelConfig, TrainingConfig
 from sftkey_lora.train.lora import attach_lora

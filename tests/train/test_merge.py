@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sftkey_lora.prep.collate import Collator, batches, pad_id
-from sftkey_lora.prep.masks import encode_examples
+from sftkey_lora.prep.prepare import encode_examples
 from sftkey_lora.recipe import FormatConfig, LoraSection, ModelConfig
 from sftkey_lora.train.loading import load_model
 from sftkey_lora.train.lora import attach_lora

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from sftkey_lora.pipeline import split_holdout
-from sftkey_lora.prep.masks import encode_examples
+from sftkey_lora.prep.prepare import encode_examples
 from sftkey_lora.recipe import load_recipe
 from sftkey_lora.rundir.layout import RunLayout
 from sftkey_lora.train.loading import run_tokenizer
