@@ -11,6 +11,7 @@ items with their significance (`evaluation.significance`), and `comparison.json`
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -30,12 +31,13 @@ from .output import RESULT, logged_to
 from .pipeline import run_recipe
 from .plots import plot_key_loss_curves, plot_metric_bars
 from .recipe import Recipe
-from .rundir.files import write_json_atomic, write_text_atomic
+from .rundir.files import empty_temporary, link_or_copy, replace_dir, write_json_atomic, write_text_atomic
 from .rundir.layout import EVAL_STEP, CompareLayout
 from .rundir.lock import holding
 from .rundir.outcomes import EvalOutcome, StageOutcome
 from .rundir.record import RunRecord
 from .strategies import BASELINE, METHOD, METHOD_STAGE1, STAGE_NAMES, STRATEGIES
+from .train.plan import plan_run, shares_first_stage
 
 COMPARED = tuple(STRATEGIES)  # every strategy, the baseline first
 # Every strategy against the baseline, and the method against its stage 1 alone (stage 2's effect).
@@ -63,8 +65,12 @@ def _compare(recipe: Recipe, layout: CompareLayout, fresh: bool, seeds: list[int
         for strategy in COMPARED:
             log.info(f"== {strategy}" + ("" if seed is None else f", seed {seed}"))
             started = time.perf_counter()
+            run_fresh = fresh
+            if strategy == METHOD:
+                _share_stage1(seeded, layout, seed, fresh)
+                run_fresh = False  # emptied by the sharing, where --fresh asked for it
             records[strategy].append(run_recipe(seeded.model_copy(update={"strategy": strategy}),
-                                                layout.run(strategy, seed).root, fresh=fresh))
+                                                layout.run(strategy, seed).root, fresh=run_fresh))
             seconds[strategy] += time.perf_counter() - started
     samples = {name: {task: [read_samples(record.layout.samples_file(task)) for record in runs]
                       for task in _tasks(runs[0])} for name, runs in records.items()}
@@ -82,6 +88,29 @@ def _compare(recipe: Recipe, layout: CompareLayout, fresh: bool, seeds: list[int
     write_text_atomic(layout.report_file, report)
     log.log(RESULT, report)
     return results
+
+
+def _share_stage1(seeded: Recipe, layout: CompareLayout, seed: int | None, fresh: bool) -> None:
+    """`sftkey_tag`'s stage 1 is `sft_tag`'s whole training with the same seed and settings:
+    its output (hard links, else a copy), loss plot and record go into the method's run, so the
+    comparison trains it once and `sftkey_tag − sft_tag` is exactly the merge and stage 2."""
+    source, target = layout.run(METHOD_STAGE1, seed), layout.run(METHOD, seed)
+    method = seeded.model_copy(update={"strategy": METHOD})
+    with holding(target.claim):
+        record = RunRecord.open(target, method, fresh)
+        trained = RunRecord.read(source).outcome("stage1", StageOutcome)
+        alone = plan_run(seeded.model_copy(update={"strategy": METHOD_STAGE1}), source)
+        if (record.status("stage1") == "complete" or trained is None
+                or not shares_first_stage(alone, plan_run(method, target))):
+            return
+        tmp = empty_temporary(target.stage_dir("stage1"))
+        shutil.copytree(source.stage_dir("stage1"), tmp, copy_function=link_or_copy)
+        replace_dir(tmp, target.stage_dir("stage1"))
+        if source.stage_plot("stage1").is_file():
+            target.plots_dir.mkdir(exist_ok=True)
+            shutil.copyfile(source.stage_plot("stage1"), target.stage_plot("stage1"))
+        record.complete("stage1", trained.model_copy(update={"shared_from": str(source.stage_dir("stage1"))}))
+    log.info(f"{target.root}: stage1 is {source.stage_dir('stage1')}, trained once")
 
 
 def _tasks(record: RunRecord) -> list[str]:

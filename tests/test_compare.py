@@ -84,6 +84,16 @@ def test_compare_trains_every_strategy_once_per_seed_and_pools_them(cli, tmp_pat
     logged = (out / "compare.log").read_text()  # the comparison's messages, and each run's in its run.log
     assert "== key_tag, seed 4" in logged and "| sft |" in logged
     assert "stage1 step" in (out / "seed-4" / "key_tag" / "run.log").read_text()
+    for seed in (3, 4):  # sftkey_tag's stage 1 is sft_tag's, trained once
+        alone, method = (out / f"seed-{seed}" / name for name in ("sft_tag", "sftkey_tag"))
+        adapter = "stage1/adapter_model.safetensors"
+        assert (method / adapter).read_bytes() == (alone / adapter).read_bytes()
+        steps = json.loads((method / "run.json").read_text())["steps"]
+        assert steps["stage1"]["shared_from"] == str(alone / "stage1")
+        assert steps["stage1"]["log_history"] == json.loads((alone / "run.json").read_text())[
+            "steps"]["stage1"]["log_history"]
+        assert "stage1 step" not in (method / "run.log").read_text()  # never trained there
+        assert f"{method}: stage1 is {alone / 'stage1'}, trained once" in logged
     for pair in figures["pairs"]:
         assert set(pair) == {"a", "b", "task", "n", "seeds", "delta_acc", "delta_score",
                              "ci_acc", "ci_score", "verdict", "p_value", "p_holm", "test"}

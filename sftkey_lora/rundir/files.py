@@ -32,6 +32,15 @@ def empty_temporary(final: Path, tag: str = "") -> Path:
     return tmp
 
 
+def link_or_copy(source: str, target: str) -> None:
+    """A hard link where the file system allows (no second copy of a stage's weights; files
+    here are replaced by a rename, never changed in place), else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
 def replace_dir(tmp: Path, final: Path) -> None:
     """Move a fully written directory into place. An earlier `final` is moved aside first and
     deleted last, so a kill at any moment leaves a whole `final` or a whole `tmp`."""

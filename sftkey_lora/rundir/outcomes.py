@@ -36,6 +36,9 @@ class StageOutcome(_Outcome):
     heldout_key_loss: Change
     heldout_thinking_loss: Change
     log_history: list[dict[str, Any]]  # the Trainer's logs, with the held-out losses
+    # The stage of another run this one is (a comparison trains sftkey_tag's stage 1 once, as
+    # sft_tag); its figures are that training's.
+    shared_from: str | None = None
 
     def key_loss_curve(self) -> list[tuple[int, float]]:
         return [(entry["step"], entry[KEY_LOSS]) for entry in self.log_history if KEY_LOSS in entry]

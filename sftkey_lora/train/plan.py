@@ -164,6 +164,18 @@ def plan_run(recipe: Recipe, layout: RunLayout) -> RunPlan:
                    final=_final_model(previous), evaluation=plan_evaluation(recipe))
 
 
+def shares_first_stage(a: RunPlan, b: RunPlan) -> bool:
+    """Whether two runs' first stages train the same thing from the same data (their folders
+    aside), so that one's output may stand for the other's."""
+    def trained(plan: RunPlan) -> Any:
+        stage = plan.stages[0].as_json()
+        stage["training_args"] = {**stage["training_args"], "output_dir": None}
+        folders = {"output": None, "tensorboard": None}
+        return {**stage, **folders}, plan.tagged, plan.tokenizer, plan.holdout_seed
+
+    return trained(a) == trained(b)
+
+
 def _saved(model: ModelConfig, folder: Path) -> ModelConfig:
     """The recipe's model settings (quantization, backend) over weights the run wrote."""
     return model.model_copy(update={"name_or_path": str(folder), "revision": None})
