@@ -14,7 +14,7 @@ from pathlib import Path
 from .errors import SharedUserError, UserError
 from .output import set_verbosity
 from .recipe import load_recipe
-from .train.distributed import rank
+from .runtime.distributed import rank
 
 EXIT_USER_ERROR = 2
 

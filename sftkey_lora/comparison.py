@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .evaluation.metrics import METRICS
 from .evaluation.report import metric_titles, results_table
 from .evaluation.significance import (
     LEVEL,
@@ -80,7 +81,7 @@ def _compare(recipe: Recipe, layout: CompareLayout, fresh: bool, seeds: list[int
               for name, runs in records.items()}
     pairs = adjusted([compare_samples(a, b, task, samples[a][task], samples[b][task])
                       for a, b in PAIRS for task in samples[BASELINE]])
-    plot_metric_bars(results, layout.bars_plot)
+    plot_metric_bars(results, METRICS, layout.bars_plot)
     plot_key_loss_curves(curves, layout.key_loss_plot)
     report = comparison_markdown(recipe, results, curves, seconds, layout, pairs, seeds)
     write_json_atomic(layout.json_file, {"seeds": seeds or [recipe.training.seed], "strategies": results,

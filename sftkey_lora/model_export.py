@@ -22,8 +22,8 @@ from .rundir.files import empty_temporary, replace_dir, write_json_atomic, write
 from .rundir.layout import EXPORTED_RECIPE, Claim, RunLayout
 from .rundir.lock import holding
 from .rundir.record import RunRecord, is_run, recorded_recipe
+from .runtime.hardware import ResolvedPrecision, torch_dtype
 from .strategies import STRATEGIES
-from .train.hardware import ResolvedPrecision, torch_dtype
 from .train.loading import declared_precision
 from .train.plan import FinalModel, plan_run
 

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
-from .train.distributed import rank
+from .runtime.distributed import rank
 
 Verbosity = Literal["quiet", "normal", "verbose"]
 RESULT = 25  # between INFO and WARNING: shown with --quiet

@@ -29,7 +29,7 @@ from .rundir.layout import EVAL_STEP, RunLayout
 from .rundir.lock import holding
 from .rundir.outcomes import EvalOutcome, summary_table
 from .rundir.record import RunRecord
-from .train.distributed import is_main, wait_for_everyone
+from .runtime.distributed import is_main, wait_for_everyone
 from .train.guards import disk_full_stops
 from .train.plan import MergeStep, RunPlan, StageStep, TrainingStep, check_reporters, plan_run
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .evaluation.metrics import METRICS
 from .rundir.layout import KEY_LOSS, THINKING_LOSS
 
 CURVES = (("loss", "training loss (stage labels)"), (THINKING_LOSS, "held-out thinking tokens"),
@@ -26,11 +26,11 @@ def plot_stage_losses(history: list[dict[str, Any]], stage: str, path: Path) -> 
     _save(fig, plt, path)
 
 
-def plot_metric_bars(results: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
-    """acc, fmt, fmt_tags and score side by side: per task (and their average), a bar per row label
-    (one run, or one strategy of a comparison)."""
+def plot_metric_bars(results: dict[str, dict[str, dict[str, float]]], metrics: Sequence[str],
+                     path: Path) -> None:
+    """The metrics (acc, fmt, fmt_tags and score) side by side: per task (and their average), a
+    bar per row label (one run, or one strategy of a comparison)."""
     plt = _pyplot()
-    metrics = METRICS
     labels = list(results)
     columns = table_columns(results)
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), sharey=True)

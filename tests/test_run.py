@@ -16,7 +16,7 @@ import torch
 from sftkey_lora.errors import UserError
 from sftkey_lora.pipeline import run_recipe
 from sftkey_lora.recipe import load_recipe
-from sftkey_lora.train.hardware import resolve_precision
+from sftkey_lora.runtime.hardware import resolve_precision
 from sftkey_lora.train.loading import load_model, run_tokenizer
 from sftkey_lora.train.merge import mean_kl
 from sftkey_lora.train.plan import plan_tokenizer

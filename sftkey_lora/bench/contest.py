@@ -45,7 +45,7 @@ def default_contenders() -> list[str]:
     """sftkey, trl and plain; and unsloth where it can run (a GPU, and the package installed)."""
     from importlib.util import find_spec
 
-    from ..train.hardware import cuda_available
+    from ..runtime.hardware import cuda_available
 
     return list(CONTENDERS) + (["unsloth"] if cuda_available() and find_spec("unsloth") else [])
 
@@ -86,7 +86,7 @@ def check_trl_runs_here(version: str | None = None, cuda: bool | None = None) ->
 
     from packaging.version import Version
 
-    from ..train.hardware import cuda_available
+    from ..runtime.hardware import cuda_available
 
     try:
         version = version or installed("trl")
@@ -101,7 +101,7 @@ def setting(workload: Workload, contenders: Sequence[str]) -> str:
     """The line printed above the table: machine, versions, workload, and how TRL scores here."""
     from importlib.metadata import version
 
-    from ..train.hardware import cuda_available, device_summary
+    from ..runtime.hardware import cuda_available, device_summary
 
     device = device_summary()
     where = f"{device['name']}" if device["type"] == "cuda" else f"CPU, {device['threads']} threads"

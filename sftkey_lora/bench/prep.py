@@ -72,7 +72,7 @@ def write_parquet(rows: dict[str, list[str]], path: Path) -> Path:
 
 def _memory(baseline: float | None) -> dict[str, float | None]:
     """Peak resident memory of this process, and what was resident when the clock started."""
-    from ..train.hardware import process_peak_mb
+    from ..runtime.hardware import process_peak_mb
 
     return {"peak_mb": process_peak_mb(), "baseline_mb": baseline}
 
@@ -89,7 +89,7 @@ def kit(parquet: str, tokenizer_dir: str) -> dict[str, Any]:
     """The kit's preparation, as a run does it ($SFTKEY_LORA_CACHE names the cache)."""
     from ..data import load_examples
     from ..prep.prepare import encode_examples
-    from ..train.hardware import resident_mb
+    from ..runtime.hardware import resident_mb
 
     data, fmt, tokenizer = _setup(parquet, tokenizer_dir)
     baseline = resident_mb()
@@ -107,7 +107,7 @@ def floor(parquet: str, tokenizer_dir: str, batch: int = 256) -> dict[str, Any]:
 
     from ..data.example import Example
     from ..prep.render import render
-    from ..train.hardware import resident_mb
+    from ..runtime.hardware import resident_mb
 
     _, fmt, tokenizer = _setup(parquet, tokenizer_dir)
     table = pq.read_table(parquet).to_pydict()

@@ -21,14 +21,14 @@ from typing import Any
 from transformers import TrainerCallback
 
 from ..recipe import LoraSection, ModelConfig, TrainingConfig
-from ..strategies import LabelKind
-from ..train.hardware import (
+from ..runtime.hardware import (
     ResolvedPrecision,
     cuda_available,
     peak_memory,
     reset_peak_memory,
     resolve_precision,
 )
+from ..strategies import LabelKind
 from ..train.loading import load_model
 from ..train.lora import attach_lora
 from ..train.plan import training_arguments

@@ -12,6 +12,7 @@ import numpy as np
 from ..plots import cell, plot_metric_bars, table_columns
 from ..rundir.files import write_text_atomic
 from ..rundir.layout import RunLayout
+from .metrics import METRICS
 
 Results = dict[str, dict[str, dict[str, Any]]]  # row label -> task -> {acc, fmt, score, ...}
 
@@ -72,7 +73,7 @@ def write_run_report(out: RunLayout, label: str, metrics: dict[str, dict[str, An
                      alpha: float, training: str | None = None) -> Path:
     """report.md of one evaluated model (and its training, for a run) and its bar chart."""
     results = {label: metrics}
-    plot_metric_bars(results, out.eval_plot)
+    plot_metric_bars(results, METRICS, out.eval_plot)
     parts = [f"# {label}: evaluation", "", described, ""]
     for metric, title in metric_titles(alpha):
         parts += [f"## {title}", "", results_table(results, metric), ""]

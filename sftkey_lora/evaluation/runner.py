@@ -17,7 +17,7 @@ from ..rundir.files import write_json_atomic
 from ..rundir.layout import EVAL_STEP, RunLayout
 from ..rundir.outcomes import EvalOutcome
 from ..rundir.record import RunRecord
-from ..train.hardware import resolve_precision
+from ..runtime.hardware import resolve_precision
 from ..train.loading import load_model, load_tokenizer
 from ..train.plan import EvalStep, FinalModel, plan_run
 from .harness import evaluate

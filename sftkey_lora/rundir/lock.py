@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..errors import UserError
-from ..train.distributed import main_decides
+from ..runtime.distributed import main_decides
 from .files import write_json_atomic
 from .layout import LOCK_NAME, OWNER_NAME, Claim
 

@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 
 from ..errors import UserError, first_line
 from ..recipe import Recipe, apply_override, validate_recipe
-from ..train.distributed import is_main, main_decides, wait_for_everyone, world_size
-from ..train.hardware import device_summary
+from ..runtime.distributed import is_main, main_decides, wait_for_everyone, world_size
+from ..runtime.hardware import device_summary
 from .files import empty_run_dir, write_json_atomic
 from .layout import RunLayout
 from .lock import refuse_foreign

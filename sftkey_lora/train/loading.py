@@ -13,8 +13,8 @@ from typing import Any
 from ..errors import UserError, first_line
 from ..output import route_library_logs
 from ..recipe import ModelConfig
+from ..runtime.hardware import ResolvedPrecision, precision_of, torch_dtype
 from ..tags import Tags
-from .hardware import ResolvedPrecision, precision_of, torch_dtype
 from .plan import TokenizerPlan
 
 BUILTIN_PREFIX = "builtin:"

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..prep.masks import IGNORE
-from .distributed import sharded
+from ..runtime.distributed import sharded
 
 # Logits (positions x vocabulary) projected at once: a 64 MiB fp32 tile, three of which (the
 # logits, their log-softmax, its gradient) are alive in a chunk's backward. With a 152k

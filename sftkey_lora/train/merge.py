@@ -22,7 +22,7 @@ from ..prep.masks import IGNORE
 from ..recipe import ModelConfig
 from ..rundir.files import empty_temporary, replace_dir
 from ..rundir.outcomes import MergeOutcome
-from .hardware import ResolvedPrecision, peak_memory, reset_peak_memory
+from ..runtime.hardware import ResolvedPrecision, peak_memory, reset_peak_memory
 from .loading import load_model, pretrained_model
 from .loss import log_probs_at, projects_directly
 from .plan import MergeStep

@@ -17,9 +17,9 @@ from ..errors import UserError
 from ..recipe import EvalConfig, ModelConfig, Recipe, StageConfig, TrainingConfig
 from ..rundir.layout import EVAL_STEP, MERGE_STEP, RunLayout
 from ..rundir.outcomes import EvalOutcome
+from ..runtime.hardware import ResolvedPrecision, cuda_available, resolve_precision
 from ..strategies import STRATEGIES, LabelKind
 from ..tags import Tags
-from .hardware import ResolvedPrecision, cuda_available, resolve_precision
 
 TENSORBOARD = "tensorboard"
 

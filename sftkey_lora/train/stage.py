@@ -18,11 +18,11 @@ from ..prep.masks import Encoded
 from ..rundir.files import empty_temporary, last_whole_checkpoint, replace_dir
 from ..rundir.layout import KEY_LOSS, THINKING_LOSS, RunLayout, temporary
 from ..rundir.outcomes import Change, StageOutcome
+from ..runtime.distributed import is_main, wait_for_everyone
+from ..runtime.hardware import peak_memory, reset_peak_memory
 from ..strategies import LabelKind
 from .callbacks import SegmentLossProbe, StageProgress
-from .distributed import is_main, wait_for_everyone
 from .guards import LossGuard, disk_full_stops
-from .hardware import peak_memory, reset_peak_memory
 from .loading import load_model
 from .lora import attach_lora, saves_without_embedding
 from .loss import LabelledLogitsLoss, causal_lm_loss, projects_directly

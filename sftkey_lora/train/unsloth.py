@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..recipe import LoraSection, ModelConfig
-from .hardware import ResolvedPrecision, cuda_available, torch_dtype
+from ..runtime.hardware import ResolvedPrecision, cuda_available, torch_dtype
 from .loading import resolve_model_path
 
 # What peft's `all-linear` selects in Llama/Qwen/Mistral-style decoders, spelled out for

@@ -81,7 +81,7 @@ def test_sharded_training_is_recognised(monkeypatch, caplog) -> None:
     falls back to full logits. Without a GPU accelerate does not shard, and the run says so."""
     import torch
 
-    from sftkey_lora.train.distributed import requested_engine, say_when_not_sharded, sharded
+    from sftkey_lora.runtime.distributed import requested_engine, say_when_not_sharded, sharded
 
     monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
     monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
@@ -101,7 +101,7 @@ def test_more_processes_than_gpus_is_a_launch_mistake(monkeypatch) -> None:
     import torch
 
     from sftkey_lora.errors import UserError
-    from sftkey_lora.train.distributed import check_one_gpu_per_process
+    from sftkey_lora.runtime.distributed import check_one_gpu_per_process
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from sftkey_lora.train.hardware import peak_memory, reset_peak_memory
+from sftkey_lora.runtime.hardware import peak_memory, reset_peak_memory
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 on_linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="read from /proc on Linux")
@@ -51,7 +51,7 @@ def test_resident_memory_follows_what_is_held() -> None:
     resident (tcmalloc, tuned glibc) would otherwise hide both the rise and the fall."""
     import mmap
 
-    from sftkey_lora.train.hardware import resident_mb
+    from sftkey_lora.runtime.hardware import resident_mb
 
     size = 200 * 2**20
     before = resident_mb()
