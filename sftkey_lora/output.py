@@ -2,7 +2,8 @@
 
 Every message goes through Python logging. The console shows, by verbosity:
 - `quiet`: results (the run's summary, metrics, the comparison), warnings and errors;
-- `normal`: also what the run is doing, and progress bars;
+- `normal`: also what the run is doing, and its progress: bars on a terminal, a plain line
+  now and then off one (`progress`);
 - `verbose`: also each logging step's figures, the libraries' info messages and the
   messages in `UNACTIONABLE`.
 The run log (`run.log` in the run directory) keeps every message at any verbosity.
@@ -54,11 +55,12 @@ _state: dict[str, Verbosity] = {}
 
 def set_verbosity(verbosity: Verbosity = "normal") -> None:
     """Route every message to the console at `verbosity` (idempotent: the last call wins)."""
-    if verbosity == "quiet":  # read when tqdm is first imported: the libraries' bars too
-        os.environ[QUIET_BARS] = "1"
-    elif _state.get("verbosity") == "quiet":
-        os.environ.pop(QUIET_BARS, None)
+    were_disabled = "verbosity" in _state and bars_disabled()
     _state["verbosity"] = verbosity
+    if bars_disabled():  # read when tqdm is first imported: the libraries' bars too
+        os.environ[QUIET_BARS] = "1"
+    elif were_disabled:
+        os.environ.pop(QUIET_BARS, None)
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, _Console)]:
         root.removeHandler(handler)
@@ -80,8 +82,14 @@ def verbosity() -> Verbosity:
 
 
 def bars_disabled() -> bool:
-    """Progress bars are left out with --quiet."""
-    return verbosity() == "quiet"
+    """Progress bars are left out with --quiet, and where stderr is no terminal."""
+    return verbosity() == "quiet" or not on_terminal()
+
+
+def on_terminal() -> bool:
+    """Whether stderr is a terminal (not a file or a pipe), where a bar redraws in place."""
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(isatty and isatty())
 
 
 def route_library_logs() -> None:

@@ -19,10 +19,9 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from functools import cache
 from importlib import metadata
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..data import Example
-from ..output import bars_disabled
+from ..progress import progress
 from ..recipe import FormatConfig
 from .masks import Encoded, encode_all
 
@@ -86,12 +85,12 @@ def encoded_rows(examples: Sequence[Example], tokenizer: Any, fmt: FormatConfig,
     return rows
 
 
-def _progress(rows: Iterable[Encoded], total: int) -> Iterable[Encoded]:
-    from tqdm.auto import tqdm
-
-    return tqdm(rows, total=total, desc="encoding", unit="row", file=sys.stderr,
-                disable=bars_disabled() or None,  # None: drawn only on a terminal
-                dynamic_ncols=True, leave=False)
+def _progress(rows: Iterable[Encoded], total: int) -> Iterator[Encoded]:
+    bar = progress("encoding", total, "row", leave=False)
+    for row in rows:
+        yield row
+        bar.update()
+    bar.close()
 
 
 def _read(folder: Path, examples: Sequence[Example]) -> list[Encoded] | None:

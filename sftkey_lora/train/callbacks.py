@@ -8,13 +8,12 @@ recorded whatever the stage trains on.
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Any
 
 import torch
 from transformers import TrainerCallback
 
-from ..output import bars_disabled
+from ..progress import progress
 from ..rundir.layout import KEY_LOSS, THINKING_LOSS
 from .loss import segment_losses
 
@@ -51,19 +50,17 @@ class SegmentLossProbe(TrainerCallback):
 
 
 class StageProgress(TrainerCallback):
-    """One bar per stage with the step, ETA, training loss and held-out key loss; each
-    logging step's figures in full to the log (on the console with --verbose)."""
+    """One bar per stage (off a terminal, a line now and then) with the step, ETA, training
+    loss and held-out key loss; each logging step's figures in full to the log (on the
+    console with --verbose)."""
 
     def __init__(self, stage: str) -> None:
         self.stage = stage
         self.bar: Any = None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        from tqdm.auto import tqdm
-
         if state.is_local_process_zero:
-            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=self.stage,
-                            unit="step", file=sys.stderr, dynamic_ncols=True, disable=bars_disabled())
+            self.bar = progress(self.stage, state.max_steps, "step", initial=state.global_step)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.bar is not None:
