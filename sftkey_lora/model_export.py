@@ -83,17 +83,20 @@ def final_model(final: FinalModel) -> tuple[Any, Any]:
 
 
 def model_card(record: dict[str, Any], final: FinalModel, out: Path, dtype: ResolvedPrecision) -> str:
-    """README.md of the export: what it was trained from and with, how well it did, how to load it."""
+    """README.md of the export: what it was trained from and with, how well it did, how to load
+    it; the hub's metadata header written by huggingface_hub's ModelCard, which the hub reads."""
+    from huggingface_hub import ModelCard, ModelCardData
+
     recipe = record["recipe"]
     metrics = record.get("steps", {}).get("eval", {}).get("metrics", {})
     data = record.get("data", {})
     rows = [f"| {task} | {values.get('acc', float('nan')):.3f} | {values.get('fmt', float('nan')):.3f} | "
             f"{values.get('score', float('nan')):.3f} | {values.get('n', '')} |"
             for task, values in metrics.items() if "tasks" not in values]
-    front = {"base_model": recipe["model"]["name_or_path"], "library_name": "transformers",
-             "tags": ["sftkey-lora", recipe["strategy"]]}
-    return "\n".join([
-        "---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
+    front = ModelCardData(base_model=recipe["model"]["name_or_path"], library_name="transformers",
+                          tags=["sftkey-lora", recipe["strategy"]])
+    return str(ModelCard("\n".join([
+        "---", front.to_yaml(), "---", "",
         f"# {recipe.get('name') or out.name}", "",
         f"Fine-tuned from `{recipe['model']['name_or_path']}` with sftkey-lora, strategy "
         f"`{recipe['strategy']}` ({final.stage} was the last stage), then merged into plain {dtype} weights.",
@@ -108,4 +111,4 @@ def model_card(record: dict[str, Any], final: FinalModel, out: Path, dtype: Reso
         "Prompts as in training: the recipe's `format` below. The response is "
         + ("the thinking and the answer between the recipe's tags." if STRATEGIES[recipe["strategy"]].tagged
            else "the reasoning, the separator, then the answer."), "",
-        "## Recipe", "", "```yaml", yaml.safe_dump(recipe, sort_keys=False).strip(), "```", ""])
+        "## Recipe", "", "```yaml", yaml.safe_dump(recipe, sort_keys=False).strip(), "```", ""])))

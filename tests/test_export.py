@@ -134,3 +134,21 @@ def test_the_default_export_dtype_is_the_one_the_base_declares(tmp_path) -> None
     for dtype, expected in (("bfloat16", "bf16"), ("float16", "fp16"), (None, "fp32")):
         (tmp_path / "config.json").write_text(json.dumps({**config, "dtype": dtype}))
         assert declared_precision(ModelConfig(name_or_path=str(tmp_path))) == expected
+
+
+def test_the_model_card_carries_the_hubs_metadata_and_the_figures(tmp_path) -> None:
+    from huggingface_hub import ModelCard
+
+    from sftkey_lora.model_export import model_card
+    from sftkey_lora.recipe import ModelConfig
+    from sftkey_lora.train.plan import FinalModel
+
+    figures = {"sftkey_synthetic": {"acc": 0.9, "fmt": 1.0, "score": 0.93, "n": 200}}
+    record = {"recipe": Recipe().model_dump(mode="json"), "steps": {"eval": {"metrics": figures}},
+              "data": {"train": 10, "holdout": 2, "rows_read": 12, "dropped": {}}}
+    final = FinalModel("stage2", ModelConfig(), tmp_path, tmp_path, "fp32")
+    card = ModelCard(model_card(record, final, tmp_path / "final", "bf16"))
+    assert (card.data.base_model, card.data.library_name) == ("builtin:tiny", "transformers")
+    assert card.data.tags == ["sftkey-lora", "sftkey_tag"]
+    assert "then merged into plain bf16 weights" in card.text
+    assert "| sftkey_synthetic | 0.900 | 1.000 | 0.930 | 200 |" in card.text

@@ -60,8 +60,10 @@ class Pair:
 
 
 def standard_error(values: list[float] | np.ndarray) -> float:
-    """Of a mean over test items: the sample standard deviation over √n (0 below two items)."""
-    return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+    """Of a mean over test items: scipy's standard error of the mean (0 below two items)."""
+    from scipy.stats import sem
+
+    return float(sem(values, ddof=1)) if len(values) > 1 else 0.0
 
 
 def combined_error(errors: list[float]) -> float:
