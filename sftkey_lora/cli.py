@@ -91,7 +91,8 @@ def _eval_parsers(commands: argparse._SubParsersAction) -> None:
                              "declares)")
 
     significance = commands.add_parser("significance", help="paired differences of two evaluations on the "
-                                       "same test items (McNemar p-value, bootstrap intervals, verdict)")
+                                       "same test items (exact McNemar p, Holm-adjusted over the tasks; "
+                                       "bootstrap intervals; verdict)")
     significance.add_argument("a", type=Path, help="a run directory or an `eval` output directory")
     significance.add_argument("b", type=Path, help="the one to compare it against (differences are a − b)")
     significance.add_argument("--json", action="store_true", help="print a JSON list of the pairs")
