@@ -111,7 +111,8 @@ def _share_stage1(seeded: Recipe, layout: CompareLayout, seed: int | None, fresh
             target.plots_dir.mkdir(exist_ok=True)
             shutil.copyfile(source.stage_plot("stage1"), target.stage_plot("stage1"))
         record.complete("stage1", trained.model_copy(update={"shared_from": str(source.stage_dir("stage1"))}))
-    log.info(f"{target.root}: stage1 is {source.stage_dir('stage1')}, trained once")
+    log.info(f"{target.root}: stage1 is {source.stage_dir('stage1')}, trained once "
+             f"({trained.seconds:.0f} s not spent again)")
 
 
 def _tasks(record: RunRecord) -> list[str]:
