@@ -89,11 +89,12 @@ def evaluate(target: str | Path, tasks: list[str] | None = None, limit: int | No
     chosen = validate_recipe(raw, source=str(recipe if isinstance(recipe, str | Path) else "eval"))
     name = Path(str(target).removeprefix("builtin:")).name
     out = RunLayout(Path(output) if output is not None else Path("evals") / name)
+    step = _evaluation(plan_evaluation(chosen, tasks, limit))  # checked before the directory is made
     if is_run(out.root):
         raise UserError(f"--output {out.root}: a run directory, whose evaluation is its own final model's; "
                         f"evaluate the run with `sftkey-lora eval {out.root}`, or choose another --output")
     with holding(out.evaluation_claim):
-        return evaluate_model(chosen, out, _evaluation(plan_evaluation(chosen, tasks, limit)))
+        return evaluate_model(chosen, out, step)
 
 
 def compare(recipe: Recipe, output: str | Path | None = None, fresh: bool = False,

@@ -174,9 +174,10 @@ def test_eval_refuses_an_unfinished_run_and_a_missing_model(cli, tmp_path) -> No
     RunRecord.open(RunLayout(tmp_path / "run"), load_recipe(QUICKSTART), fresh=False)
     code, _, err = cli("eval", str(tmp_path / "run"))
     assert code == 2 and "stage1, stage2 not trained yet" in err
-    code, _, err = cli("eval", str(tmp_path / "no-model"))
+    code, _, err = cli("eval", str(tmp_path / "no-model"), "--output", str(tmp_path / "out"))
     assert code == 2 and "no-model does not exist" in err
     assert "Traceback" not in err
+    assert not (tmp_path / "out" / "evaluation.json").exists()  # a model that never loaded claims nothing
 
 
 @slow

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from ..errors import UserError
-from ..recipe import ModelConfig, Recipe
+from ..recipe import Recipe
 from ..rundir.files import write_json_atomic
 from ..rundir.layout import EVAL_STEP, RunLayout
 from ..rundir.outcomes import EvalOutcome
@@ -72,10 +72,12 @@ def evaluate_model(recipe: Recipe, out: RunLayout, step: EvalStep) -> dict[str, 
     """Evaluate `recipe.model` as it is (e.g. the untuned base), loaded as training loads it,
     into `out`, which names the model (`evaluation.json`) and never takes another model's
     evaluation. Its own tokenizer: the base never saw tags as added tokens and reads them as text."""
-    claim_for(recipe.model, out)
+    named = {"name_or_path": recipe.model.name_or_path, "revision": recipe.model.revision}
+    refuse_another_model(named, out)
     tokenizer = load_tokenizer(recipe.model)
     precision = resolve_precision(recipe.training.precision)
     model = load_model(recipe.model, precision, vocab_size=len(tokenizer)).eval()
+    write_json_atomic(out.evaluation_file, named)  # once it loaded: a missing model claims nothing
     quantized = "4-bit NF4" if recipe.model.quantization == "nf4" else precision
     described = (f"Model: `{recipe.model.name_or_path}` ({quantized}), no adapter; greedy decoding"
                  f"{f', at most {step.limit} examples per task' if step.limit else ''}.")
@@ -85,10 +87,9 @@ def evaluate_model(recipe: Recipe, out: RunLayout, step: EvalStep) -> dict[str, 
     return metrics
 
 
-def claim_for(model: ModelConfig, out: RunLayout) -> None:
-    """Write which model `out` evaluates; a directory that holds another model's evaluation is
-    refused before anything in it changes (`significance` would read the wrong one)."""
-    named = {"name_or_path": model.name_or_path, "revision": model.revision}
+def refuse_another_model(named: dict[str, str | None], out: RunLayout) -> None:
+    """A directory that holds another model's evaluation is refused before anything in it
+    changes (`significance` would read the wrong one)."""
     try:
         earlier = json.loads(out.evaluation_file.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -98,5 +99,4 @@ def claim_for(model: ModelConfig, out: RunLayout) -> None:
                         "another --output") from None
     if {key: earlier.get(key) for key in named} != named:
         raise UserError(f"--output {out.root}: holds the evaluation of {earlier.get('name_or_path')!r}, "
-                        f"not of {model.name_or_path!r}; choose another --output")
-    write_json_atomic(out.evaluation_file, named)
+                        f"not of {named['name_or_path']!r}; choose another --output")
