@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from transformers import AutoTokenizer
 
 from sftkey_lora.train.loading import resolve_model_path
 from tests.support import QUICKSTART
@@ -96,3 +97,29 @@ def test_a_tokenizer_without_a_pad_token_pads_with_eos(cli, tmp_path: Path) -> N
     code, out, err = cli("inspect", str(QUICKSTART), "--json", "--n", "1", *args)
     assert code == 0, err
     assert json.loads(out)[0]["loss_text"]["stage2"].endswith("<|endoftext|>")
+
+
+def test_an_end_token_the_config_does_not_name_is_reported_once_before_training(cli, tmp_path: Path) -> None:
+    """A tokenizer whose eos the model's config and generation config do not name (a GGUF
+    conversion that names <|im_start|>): one warning naming both, and the one the run uses."""
+    args = tokenizer_without(tmp_path)
+    folder = tmp_path / "model"
+    for name in ("config.json", "generation_config.json"):
+        config = json.loads((folder / name).read_text())
+        config["eos_token_id"] = [7, 9] if name == "generation_config.json" else 7
+        (folder / name).write_text(json.dumps(config))
+    code, out, err = cli("inspect", str(QUICKSTART), "--json", "--n", "1", *args)
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if "end token" in line]
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    named = [f"{tokenizer.convert_ids_to_tokens(i)} (id {i})" for i in (7, 9)]
+    assert len(lines) == 1
+    assert f"the tokenizer's end token is <|endoftext|> (id {tokenizer.eos_token_id})" in lines[0]
+    assert f"the model's config names {named[0]}, {named[1]}" in lines[0]
+    assert "this run ends every response with the tokenizer's <|endoftext|>" in lines[0]
+    assert json.loads(out)[0]["loss_text"]["stage2"].endswith("<|endoftext|>")
+
+
+def test_an_end_token_the_config_names_is_not_reported(cli) -> None:
+    code, _, err = cli("inspect", str(QUICKSTART), "--json", "--n", "1")
+    assert code == 0 and "end token" not in err

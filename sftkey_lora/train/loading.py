@@ -6,6 +6,7 @@ only `builtin:NAME` is first mapped to the directory shipped inside the package.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,12 @@ from typing import Any
 from ..errors import UserError, first_line
 from ..output import route_library_logs
 from ..recipe import ModelConfig
+from ..runtime.distributed import is_main
 from ..runtime.hardware import ResolvedPrecision, precision_of, torch_dtype
 from ..tags import Tags
 from .plan import TokenizerPlan
+
+log = logging.getLogger(__name__)
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_DIR = Path(__file__).parents[1] / "builtin"
@@ -33,8 +37,12 @@ def resolve_model_path(name_or_path: str) -> str:
 
 
 def run_tokenizer(plan: TokenizerPlan) -> tuple[Any, list[int]]:
-    """The run's tokenizer and the ids of the tags added to it as tokens (none unless planned)."""
+    """The run's tokenizer and the ids of the tags added to it as tokens (none unless planned);
+    an end token the model's config does not name is reported before anything uses it."""
     tokenizer = load_tokenizer(plan.model)
+    mismatch = end_token_mismatch(plan.model, tokenizer)
+    if mismatch and is_main():
+        log.warning(mismatch)
     return tokenizer, add_tag_tokens(tokenizer, plan.tags) if plan.add_tags else []
 
 
@@ -99,17 +107,49 @@ def pretrained_model(cfg: ModelConfig, vocab_size: int, **kwargs: Any):
     return model
 
 
+def end_token_mismatch(cfg: ModelConfig, tokenizer: Any) -> str | None:
+    """One line when the tokenizer's eos is none of the end tokens the model's config and
+    generation config name (a GGUF-converted tokenizer may name the wrong one): the run
+    appends the tokenizer's eos to every response and aligns the model to it, so a wrong
+    one teaches the model to end its turn with the wrong token."""
+    from transformers import GenerationConfig
+
+    path = resolve_model_path(cfg.name_or_path)
+    named = _ids(getattr(_config(cfg), "eos_token_id", None))
+    try:
+        named |= _ids(GenerationConfig.from_pretrained(path, revision=cfg.revision).eos_token_id)
+    except OSError:
+        pass  # no generation_config.json: the config's end tokens are all there is
+    if not named or tokenizer.eos_token_id in named:
+        return None
+    theirs = ", ".join(f"{tokenizer.convert_ids_to_tokens(i)} (id {i})" for i in sorted(named))
+    return (f"model.name_or_path: the tokenizer's end token is {tokenizer.eos_token} (id "
+            f"{tokenizer.eos_token_id}) but the model's config names {theirs}; this run ends every "
+            f"response with the tokenizer's {tokenizer.eos_token} and stops there (set eos_token in "
+            f"the model's tokenizer_config.json to change it)")
+
+
+def _ids(value: int | list[int] | None) -> set[int]:
+    if value is None:
+        return set()
+    return set(value) if isinstance(value, list) else {value}
+
+
 def declared_precision(cfg: ModelConfig) -> ResolvedPrecision:
     """The dtype the model's checkpoint declares (`dtype` in its config.json; fp32 where none)."""
+    return precision_of(getattr(_config(cfg), "dtype", None))
+
+
+def _config(cfg: ModelConfig) -> Any:
+    """The model's config (a missing model is a user error)."""
     from transformers import AutoConfig
 
     route_library_logs()
     try:
-        config = AutoConfig.from_pretrained(resolve_model_path(cfg.name_or_path), revision=cfg.revision,
-                                            trust_remote_code=cfg.trust_remote_code)
+        return AutoConfig.from_pretrained(resolve_model_path(cfg.name_or_path), revision=cfg.revision,
+                                          trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as err:
         raise UserError(_missing_model_message(cfg.name_or_path, err)) from None
-    return precision_of(getattr(config, "dtype", None))
 
 
 def nf4_config(cfg: ModelConfig, compute_dtype):
