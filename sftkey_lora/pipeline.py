@@ -132,7 +132,8 @@ class _Execution:
             from .train.merge import merge_stage1
 
             tokenizer = self.tokenizer[0]
-            probe = list(batches(self.data[1], step.probe_batch_size, Collator(pad_id(tokenizer), "full")))
+            probe = list(batches(self.data[1], step.probe_batch_size,
+                                 Collator(pad_id(tokenizer), "full", with_segments=True)))
             self.record.start(step.name)
             with disk_full_stops(step.name, self.plan.layout):
                 outcome = merge_stage1(step, tokenizer, probe)

@@ -18,7 +18,7 @@ from sftkey_lora.pipeline import run_recipe
 from sftkey_lora.recipe import load_recipe
 from sftkey_lora.runtime.hardware import resolve_precision
 from sftkey_lora.train.loading import load_model, run_tokenizer
-from sftkey_lora.train.merge import mean_kl
+from sftkey_lora.train.merge import kl_and_losses
 from sftkey_lora.train.plan import plan_tokenizer
 from tests.support import (
     QUICKSTART,
@@ -41,6 +41,10 @@ def test_run_records_every_step(small_run) -> None:
     assert all(step["status"] == "complete" for step in steps.values())
     assert set(steps["merge"]["kl"]) == {"original", "nf4"}
     assert steps["merge"]["base"] == min(steps["merge"]["kl"], key=steps["merge"]["kl"].get)
+    # The merge's held-out losses of the chosen base are where stage 2 started (same examples).
+    start = steps["merge"]["heldout"][steps["merge"]["base"]]
+    assert start["key"] == pytest.approx(steps["stage2"]["heldout_key_loss"]["before"], abs=1e-4)
+    assert start["thinking"] == pytest.approx(steps["stage2"]["heldout_thinking_loss"]["before"], abs=1e-4)
     assert steps["stage1"]["steps"] == 6 and steps["stage2"]["steps"] == 4
     assert steps["stage2"]["labels"] == "key"
     for name in ("stage1", "stage2"):
@@ -90,18 +94,18 @@ def test_merged_model_matches_the_stage1_model_within_the_recorded_kl(small_run)
     recipe, record = small_run
     run_dir = record.run_dir
     tokenizer, _ = run_tokenizer(plan_tokenizer(recipe))
-    probe = holdout_batches(recipe)
+    probe = holdout_batches(recipe, segments=True)
     precision = resolve_precision(recipe.training.precision)  # as the merge loaded them
     stage1 = load_model(recipe.model, precision, vocab_size=len(tokenizer))
     stage1 = PeftModel.from_pretrained(stage1, str(run_dir / "stage1")).eval()
     merged_cfg = recipe.model.model_copy(update={"name_or_path": str(run_dir / "stage1-merged")})
     merged = load_model(merged_cfg, precision, vocab_size=len(tokenizer)).eval()
     merge = record.data["steps"]["merge"]
-    kl = mean_kl(stage1, merged, probe)
+    kl = kl_and_losses(stage1, merged, probe)[0]
     assert kl == pytest.approx(merge["kl"][merge["base"]], rel=1e-3)
     assert kl < 0.05
     base = load_model(recipe.model, precision, vocab_size=len(tokenizer)).eval()
-    assert mean_kl(stage1, base, probe) > 10 * kl  # the adapter did change the model
+    assert kl_and_losses(stage1, base, probe)[0] > 10 * kl  # the adapter did change the model
 
 
 @slow

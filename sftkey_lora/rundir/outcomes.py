@@ -49,6 +49,9 @@ class MergeOutcome(_Outcome):
     kl: dict[str, float]  # per candidate base: mean per-token KL(stage-1 model ‖ re-quantized merge)
     base: str  # the candidate used
     chosen_by: str
+    # Per candidate: the re-quantized merge's held-out thinking and key losses, where stage 2
+    # would start from it (stage 1 ended at its own `heldout_*_loss.after`, on the same examples).
+    heldout: dict[str, dict[str, float]] = {}
     peak_memory_mb: float | None = None  # as a stage's; None in runs recorded before it was
     memory_kind: str | None = None
 

@@ -5,7 +5,8 @@ adapter is merged into 16-bit weights, of which there are two candidates:
   - `original`: the checkpoint's own weights;
   - `nf4`: the NF4 round trip of them, the weights the adapter actually saw in training.
 Each merge is saved, re-loaded in 4-bit as stage 2 will load it, and compared with the
-stage-1 model (4-bit base + adapter) by the mean per-token KL on held-out responses.
+stage-1 model (4-bit base + adapter) by the mean per-token KL on held-out responses; its
+held-out thinking and key losses, measured in the same pass, are where stage 2 starts.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .loss import log_probs_at, projects_directly
 from .plan import MergeStep
 
 CANDIDATES = ("original", "nf4")
+SEGMENTS = ("thinking", "key")
 
 
 def merge_stage1(step: MergeStep, tokenizer: Any, holdout: list[dict[str, torch.Tensor]]) -> MergeOutcome:
@@ -42,6 +44,7 @@ def merge_stage1(step: MergeStep, tokenizer: Any, holdout: list[dict[str, torch.
     # Without quantization the adapter saw the original weights: there is nothing to compare.
     candidates = CANDIDATES if model_cfg.quantization == "nf4" else ("original",)
     kl: dict[str, float] = {}
+    starts: dict[str, dict[str, float]] = {}
     written: dict[str, Path] = {}
     for name in candidates:
         tmp = empty_temporary(step.output, name)
@@ -50,7 +53,7 @@ def merge_stage1(step: MergeStep, tokenizer: Any, holdout: list[dict[str, torch.
         written[name] = tmp
         requantized = load_model(model_cfg.model_copy(update={"name_or_path": str(tmp), "revision": None}),
                                  precision, vocab_size=vocab).eval()
-        kl[name] = mean_kl(reference, requantized, holdout)
+        kl[name], starts[name] = kl_and_losses(reference, requantized, holdout)
         del requantized
     chosen = min(kl, key=kl.__getitem__) if step.choice == "auto" else step.choice
     replace_dir(written.pop(chosen), step.output)
@@ -58,6 +61,8 @@ def merge_stage1(step: MergeStep, tokenizer: Any, holdout: list[dict[str, torch.
         shutil.rmtree(tmp)
     return MergeOutcome(seconds=round(time.perf_counter() - started, 1),
                         kl={name: float(f"{value:.4g}") for name, value in kl.items()}, base=chosen,
+                        heldout={name: {segment: round(value, 5) for segment, value in losses.items()}
+                                 for name, losses in starts.items()},
                         chosen_by="lowest KL" if step.choice == "auto" else "recipe merge.base",
                         **peak_memory())
 
@@ -89,16 +94,30 @@ def _round_trip_nf4(model: Any, model_cfg: ModelConfig, precision: ResolvedPreci
 
 
 @torch.no_grad()
-def mean_kl(reference: Any, other: Any, batches: list[dict[str, torch.Tensor]]) -> float:
-    """Mean over response tokens of KL(reference ‖ other) of the next-token distributions,
+def kl_and_losses(reference: Any, other: Any,
+                  batches: list[dict[str, torch.Tensor]]) -> tuple[float, dict[str, float]]:
+    """Mean over response tokens of KL(reference ‖ other) of the next-token distributions, and
+    `other`'s mean loss on the thinking and on the key tokens, from the same log-probabilities:
     projected a chunk of response positions at a time (never whole-batch logits of two models)."""
     direct = bool(batches) and all(projects_directly(model, batches[0]) for model in (reference, other))
     total, count = 0.0, 0
+    sums, counts = dict.fromkeys(SEGMENTS, 0.0), dict.fromkeys(SEGMENTS, 0)
     for batch in batches:
         keep = batch["labels"][:, 1:] != IGNORE  # [b, t-1]
+        targets = batch["input_ids"][:, 1:][keep]  # [n]
+        flags = {name: batch[f"is_{name}"][:, 1:][keep].bool() for name in SEGMENTS}  # [n] each
         pairs = zip(log_probs_at(reference, batch, keep, direct), log_probs_at(other, batch, keep, direct),
                     strict=True)
+        done = 0
         for p, q in pairs:  # [c, vocab] each
-            total += float(F.kl_div(q.to(p.device).double(), p.double(), log_target=True, reduction="sum"))
+            q = q.to(p.device)
+            total += float(F.kl_div(q.double(), p.double(), log_target=True, reduction="sum"))
+            losses = -q.gather(1, targets[done:done + len(q), None].to(q.device))[:, 0]  # [c]
+            for name, flag in flags.items():
+                selected = flag[done:done + len(q)].to(q.device)
+                sums[name] += float(losses[selected].double().sum())
+                counts[name] += int(selected.sum())
+            done += len(q)
         count += int(keep.sum())
-    return total / max(count, 1)
+    return total / max(count, 1), {name: sums[name] / counts[name] if counts[name] else float("nan")
+                                   for name in SEGMENTS}

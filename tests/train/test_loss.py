@@ -286,7 +286,7 @@ def test_probe_and_kl_at_151k_vocabulary_equal_whole_logits(real_models) -> None
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sftkey_lora.prep.collate import batches
-    from sftkey_lora.train.merge import mean_kl
+    from sftkey_lora.train.merge import kl_and_losses
 
     folder = real_models["qwen2-untied"]
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -305,5 +305,9 @@ def test_probe_and_kl_at_151k_vocabulary_equal_whole_logits(real_models) -> None
     losses = segment_losses(reference, probe)
     for name in ("thinking", "key"):
         assert losses[name] == pytest.approx(expected_losses[name], abs=1e-6)
-    assert mean_kl(reference, other, probe) == pytest.approx(expected_kl, abs=1e-6)
+    kl, other_losses = kl_and_losses(reference, other, probe)
+    assert kl == pytest.approx(expected_kl, abs=1e-6)
+    expected_other, _ = full_logits_probe(other, probe)
+    for name in ("thinking", "key"):
+        assert other_losses[name] == pytest.approx(expected_other[name], abs=1e-6)
     assert expected_kl > 1e-3

@@ -10,8 +10,9 @@ from sftkey_lora.prep.collate import Collator, batches, pad_id
 from sftkey_lora.prep.prepare import encode_examples
 from sftkey_lora.recipe import FormatConfig, LoraSection, ModelConfig
 from sftkey_lora.train.loading import load_model
+from sftkey_lora.train.loss import segment_losses
 from sftkey_lora.train.lora import attach_lora
-from sftkey_lora.train.merge import mean_kl, merge_stage1
+from sftkey_lora.train.merge import kl_and_losses, merge_stage1
 from sftkey_lora.train.plan import MergeStep
 
 QUANTIZED = ModelConfig(quantization="nf4")
@@ -25,7 +26,7 @@ def probe(tiny_tokenizer):
 
     rows = encode_examples(synthetic_split("test", 1, 4, 5), tiny_tokenizer, FormatConfig(system_prompt=""),
                            True, DataReport("t", "test"))
-    return list(batches(rows, 4, Collator(pad_id(tiny_tokenizer), "full")))
+    return list(batches(rows, 4, Collator(pad_id(tiny_tokenizer), "full", with_segments=True)))
 
 
 def adapter(folder, model_cfg: ModelConfig, vocab: int):
@@ -43,11 +44,11 @@ def adapter(folder, model_cfg: ModelConfig, vocab: int):
 
 def test_identical_models_have_zero_kl_and_a_change_is_measured(tiny_tokenizer, probe) -> None:
     base = load_model(SIXTEEN_BIT, "fp32", vocab_size=len(tiny_tokenizer)).eval()
-    assert mean_kl(base, base, probe) == 0.0
+    assert kl_and_losses(base, base, probe)[0] == 0.0
     other = load_model(SIXTEEN_BIT, "fp32", vocab_size=len(tiny_tokenizer)).eval()
     with torch.no_grad():
         other.get_output_embeddings().weight.mul_(1.5)  # sharper distributions
-    assert mean_kl(base, other, probe) > 1e-3
+    assert kl_and_losses(base, other, probe)[0] > 1e-3
 
 
 @pytest.mark.parametrize(("model_cfg", "choice", "candidates"), [
@@ -75,4 +76,11 @@ def test_the_merge_keeps_the_chosen_base(tmp_path, tiny_tokenizer, probe, model_
     stage1 = PeftModel.from_pretrained(stage1, str(step.adapter)).eval()
     merged = load_model(model_cfg.model_copy(update={"name_or_path": str(step.output)}), "fp32",
                         vocab_size=vocab).eval()
-    assert mean_kl(stage1, merged, probe) == pytest.approx(outcome.kl[outcome.base], rel=1e-3, abs=1e-7)
+    kl, losses = kl_and_losses(stage1, merged, probe)
+    assert kl == pytest.approx(outcome.kl[outcome.base], rel=1e-3, abs=1e-7)
+    # Its held-out losses, recorded for every candidate, are the re-loaded merge's own.
+    assert set(outcome.heldout) == candidates
+    expected = segment_losses(merged, probe)
+    for segment in ("thinking", "key"):
+        assert outcome.heldout[outcome.base][segment] == pytest.approx(losses[segment], abs=1e-5)
+        assert losses[segment] == pytest.approx(expected[segment], abs=1e-5)
