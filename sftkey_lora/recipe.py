@@ -168,6 +168,10 @@ class MergeConfig(_Section):
     # round-tripped ones the adapter saw in training; `auto` keeps the one whose re-quantized
     # merge is closer (lower KL) to the stage-1 model on held-out examples.
     base: Literal["auto", "original", "nf4"] = "auto"
+    # With a 4-bit base: stage 2 trains over the merged weights quantized to NF4 again (true;
+    # the paper's `stage1-merged -> 4-bit -> stage 2`) or over them as merged, in 16 bits
+    # (false: no second rounding, the base's memory of a 16-bit model).
+    requantize: bool = True
 
 
 class JudgeConfig(_Section):

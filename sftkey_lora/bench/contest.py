@@ -32,8 +32,7 @@ def run_bench(workload: Workload, contenders: Sequence[str] = CONTENDERS,
         check_trl_runs_here()
     results: dict[str, dict[str, dict[str, Any]]] = {stage: {} for stage in STAGES}
     with tempfile.TemporaryDirectory(prefix="sftkey-bench-") as tmp:
-        model_dir = Path(tmp) / "model"
-        write_model(workload, model_dir)
+        model_dir = write_model(workload, Path(tmp) / "model")
         for stage in STAGES:
             for contender in contenders:
                 progress(f"{stage} {contender} ...")
@@ -107,7 +106,8 @@ def setting(workload: Workload, contenders: Sequence[str]) -> str:
     where = f"{device['name']}" if device["type"] == "cuda" else f"CPU, {device['threads']} threads"
     versions = ", ".join(f"{name} {version(name)}" for name in ("torch", "transformers", "peft", "trl")
                          if name != "trl" or "trl" in contenders)
-    line = (f"{where}; {versions}; Llama {workload.layers}x{workload.hidden_size}, "
+    weights = f"{Path(workload.model).name}'s weights, " if workload.model else ""
+    line = (f"{where}; {versions}; {weights}Llama {workload.layers}x{workload.hidden_size}, "
             f"vocab {workload.vocab_size}, {workload.quantization} base, "
             f"batch {workload.batch_size}x{workload.seq_len}, "
             f"key {workload.key_tokens} tokens; mean of {workload.steps} steps after {workload.warmup_steps}")

@@ -1,11 +1,12 @@
 """What every contender trains on: one random-initialised Llama-architecture model with the
-Qwen2.5 vocabulary size, and synthetic rows of a fixed length whose last tokens are the key."""
+Qwen2.5 vocabulary size (or a real model's directory, its dimensions and weights), and
+synthetic rows of a fixed length whose last tokens are the key."""
 
 from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,9 @@ class Workload:
     steps: int = 3  # timed optimiser steps
     warmup_steps: int = 1  # untimed steps first (allocator, caches)
     seed: int = 0
+    # A model directory with real weights, trained instead of a random one; its config gives
+    # the dimensions above (`of_model`).
+    model: str = ""
 
     def __post_init__(self) -> None:
         least = {name: 0 if name in ("seed", "warmup_steps") else 1
@@ -49,6 +53,20 @@ class Workload:
         if self.quantization not in ("nf4", "none"):
             raise ValueError(f"quantization: nf4 or none, not {self.quantization!r}")
 
+    def of_model(self) -> Workload:
+        """This workload with the dimensions of `model`'s config (unchanged without one)."""
+        if not self.model:
+            return self
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(self.model)
+        except OSError:
+            raise ValueError(f"model: {self.model} is not a model directory") from None
+        return replace(self, vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+                       layers=config.num_hidden_layers, heads=config.num_attention_heads,
+                       kv_heads=config.num_key_value_heads, intermediate_size=config.intermediate_size)
+
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
@@ -61,9 +79,12 @@ class Workload:
         return self.seq_len * self.batch_size
 
 
-def write_model(workload: Workload, folder: Path) -> None:
+def write_model(workload: Workload, folder: Path) -> Path:
     """Save the random-initialised model (and a tokenizer, which the trainers want for
-    padding) once, so every contender loads the very same weights through `from_pretrained`."""
+    padding) once, so every contender loads the very same weights through `from_pretrained`;
+    a workload of a real model uses its directory as it is. Returns the model's directory."""
+    if workload.model:
+        return Path(workload.model)
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
     from transformers.utils import logging
@@ -81,6 +102,7 @@ def write_model(workload: Workload, folder: Path) -> None:
     logging.disable_progress_bar()
     LlamaForCausalLM(config).save_pretrained(folder)
     AutoTokenizer.from_pretrained(resolve_model_path("builtin:tiny")).save_pretrained(folder)
+    return folder
 
 
 def rows(workload: Workload, count: int) -> list[Encoded]:

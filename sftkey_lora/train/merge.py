@@ -4,7 +4,8 @@ Merging into 4-bit weights would re-quantize them, and the error adds up. Instea
 adapter is merged into 16-bit weights, of which there are two candidates:
   - `original`: the checkpoint's own weights;
   - `nf4`: the NF4 round trip of them, the weights the adapter actually saw in training.
-Each merge is saved, re-loaded in 4-bit as stage 2 will load it, and compared with the
+Each merge is saved, re-loaded as stage 2 will load it (in 4-bit, unless `merge.requantize`
+is false), and compared with the
 stage-1 model (4-bit base + adapter) by the mean per-token KL on held-out responses; its
 held-out thinking and key losses, measured in the same pass, are where stage 2 starts.
 """
@@ -51,7 +52,7 @@ def merge_stage1(step: MergeStep, tokenizer: Any, holdout: list[dict[str, torch.
         merged_16bit(model_cfg, step.adapter, name, vocab, precision).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         written[name] = tmp
-        requantized = load_model(model_cfg.model_copy(update={"name_or_path": str(tmp), "revision": None}),
+        requantized = load_model(step.next_base.model_copy(update={"name_or_path": str(tmp)}),
                                  precision, vocab_size=vocab).eval()
         kl[name], starts[name] = kl_and_losses(reference, requantized, holdout)
         del requantized

@@ -67,11 +67,12 @@ class MergeStep:
     choice: str  # `merge.base`: auto, original or nf4
     precision: ResolvedPrecision  # as stage 2 loads the result
     probe_batch_size: int
+    next_base: ModelConfig  # the result, as stage 2 loads it (quantized again or not)
     name: str = MERGE_STEP
 
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "adapter": str(self.adapter), "output": str(self.output),
-                "base": self.choice}
+                "base": self.choice, "stage2_quantization": self.next_base.quantization}
 
 
 @dataclass(frozen=True)
@@ -146,9 +147,11 @@ def plan_run(recipe: Recipe, layout: RunLayout) -> RunPlan:
         if previous is not None and full:
             base = _saved(recipe.model, previous.output)
         elif previous is not None:
-            steps.append(MergeStep(previous.base, previous.output, layout.merged_dir, recipe.merge.base,
-                                   precision, probe_batch_size=config.training.batch_size))
             base = _saved(recipe.model, layout.merged_dir)
+            if not recipe.merge.requantize:
+                base = base.model_copy(update={"quantization": "none"})
+            steps.append(MergeStep(previous.base, previous.output, layout.merged_dir, recipe.merge.base,
+                                   precision, probe_batch_size=config.training.batch_size, next_base=base))
         args = training_arguments(config.training, precision, layout.root, cuda=cuda_available(),
                                   backend=recipe.model.backend)
         previous = StageStep(spec.name, spec.labels, base, config, full,

@@ -77,7 +77,18 @@ def test_trl_before_1_16_needs_a_gpu() -> None:
     (["--seq-len", "20", "--prompt-tokens", "10", "--key-tokens", "10"], "seq_len"),
     (["--quantization", "int3"], "quantization"),
     (["--steps", "0"], "steps"),
+    (["--model", "/no/such/model"], "model: /no/such/model is not a model directory"),
 ])
 def test_bad_bench_options_exit_2_naming_the_option(args, named, capsys) -> None:
     assert main(["bench", *args]) == 2
     assert named in capsys.readouterr().err
+
+
+def test_a_real_models_workload_takes_its_dimensions(smollm2_dir) -> None:
+    """SmolLM2-135M: 30 layers of width 576, 9 heads over 3, a 49,152-row vocabulary."""
+    from sftkey_lora.bench.workload import Workload
+
+    workload = Workload(model=str(smollm2_dir)).of_model()
+    assert (workload.layers, workload.hidden_size, workload.heads, workload.kv_heads,
+            workload.intermediate_size, workload.vocab_size) == (30, 576, 9, 3, 1536, 49152)
+    assert Workload().of_model() == Workload()

@@ -60,7 +60,7 @@ def test_the_merge_keeps_the_chosen_base(tmp_path, tiny_tokenizer, probe, model_
                                          candidates) -> None:
     vocab = len(tiny_tokenizer)
     step = MergeStep(model_cfg, adapter(tmp_path / "stage1", model_cfg, vocab), tmp_path / "stage1-merged",
-                     choice, "fp32", probe_batch_size=4)
+                     choice, "fp32", probe_batch_size=4, next_base=model_cfg)
     outcome = merge_stage1(step, tiny_tokenizer, probe)
     assert set(outcome.kl) == candidates
     if choice == "auto":
@@ -84,3 +84,16 @@ def test_the_merge_keeps_the_chosen_base(tmp_path, tiny_tokenizer, probe, model_
     for segment in ("thinking", "key"):
         assert outcome.heldout[outcome.base][segment] == pytest.approx(losses[segment], abs=1e-5)
         assert losses[segment] == pytest.approx(expected[segment], abs=1e-5)
+
+
+def test_over_16_bit_merged_weights_the_nf4_round_trip_is_the_stage1_model(tmp_path, tiny_tokenizer,
+                                                                           probe) -> None:
+    """`merge.requantize: false`: stage 2 loads the merge in 16 bits. The round trip plus the
+    adapter's delta is then exactly what stage 1 computed (no second rounding), so its KL is
+    float error and `auto` takes it; the original weights differ by the NF4 error."""
+    vocab = len(tiny_tokenizer)
+    step = MergeStep(QUANTIZED, adapter(tmp_path / "stage1", QUANTIZED, vocab), tmp_path / "stage1-merged",
+                     "auto", "fp32", probe_batch_size=4, next_base=SIXTEEN_BIT)
+    outcome = merge_stage1(step, tiny_tokenizer, probe)
+    assert outcome.kl["nf4"] < 1e-6 < outcome.kl["original"]
+    assert outcome.base == "nf4"

@@ -96,6 +96,16 @@ def test_stage_settings_lie_over_the_top_level_ones() -> None:
     assert plan.holdout_seed == 0  # drawn with the first stage's seed, whatever the later ones say
 
 
+def test_without_requantizing_stage2_and_the_evaluation_load_the_merge_in_16_bits() -> None:
+    plan = plan_of(merge={"requantize": False})
+    stage1, merge, stage2 = plan.steps
+    assert stage1.base.quantization == "nf4" and merge.model.quantization == "nf4"
+    assert merge.next_base == stage2.base and stage2.base.quantization == "none"
+    assert plan.final.base.quantization == "none"
+    assert plan.as_json(Recipe())["merge"]["stage2_quantization"] == "none"
+    assert plan_of().steps[2].base.quantization == "nf4"  # the default quantizes again
+
+
 def test_the_evaluation_follows_the_recipe() -> None:
     assert plan_of().evaluation.tasks == ["sftkey_synthetic"]
     assert plan_of(eval={"tasks": []}).evaluation is None
@@ -136,7 +146,8 @@ def test_dry_run_shows_every_step_and_training_arguments(cli) -> None:
     assert [(s["name"], s["labels"]) for s in plan["stages"]] == [("stage1", "full"), ("stage2", "key")]
     assert plan["stages"][1]["base"] == "/nonexistent/x/stage1-merged"
     assert plan["merge"] == {"name": "merge", "adapter": "/nonexistent/x/stage1",
-                             "output": "/nonexistent/x/stage1-merged", "base": "auto"}
+                             "output": "/nonexistent/x/stage1-merged", "base": "auto",
+                             "stage2_quantization": "nf4"}
     assert plan["stages"][1]["lora"]["r"] == 8  # the quickstart's own stage-2 adapter
     assert plan["tokenizer"]["add_tags"] is True and plan["stages"][0]["tag_rows"] is True
     fields = {f.name for f in dataclasses.fields(TrainingArguments)}

@@ -1,0 +1,139 @@
+"""A real pretrained model end to end: SmolLM2-135M-Instruct (sftkey_lora/smollm2.py), one short
+run of its recipe shared by every test here, then its export and its untuned evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from sftkey_lora.smollm2 import HUB_ID
+from tests.support import ROOT
+
+RECIPE = ROOT / "recipes" / "smollm2-135m-instruct.yaml"
+# Enough steps at a high rate for the tags and the end of turn to be learned, no more.
+SHORT = ["data.synthetic.n_train=56", "data.holdout=8", "data.synthetic.n_test=8", "training.batch_size=8",
+         "training.logging_steps=3", "training.save_steps=50", "stages.stage1.training.max_steps=6",
+         "stages.stage1.training.learning_rate=1e-3", "stages.stage2.training.max_steps=3",
+         "eval.limit=4", "eval.max_gen_toks=160"]
+
+slow = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def smollm2_run(smollm2_dir, tmp_path_factory):
+    """(recipe, record) of the recipe cut to a few steps per stage, evaluated on 4 problems."""
+    from sftkey_lora.pipeline import run_recipe
+    from sftkey_lora.recipe import load_recipe
+
+    recipe = load_recipe(RECIPE, [f"model.name_or_path={smollm2_dir}", *SHORT])
+    return recipe, run_recipe(recipe, tmp_path_factory.mktemp("smollm2") / "run")
+
+
+def test_the_converted_model_has_the_files_end_tokens_and_the_hubs_digit_split(smollm2_dir) -> None:
+    """bos <|im_start|>, eos and pad <|im_end|> as the GGUF file says (transformers' GGUF
+    loader names <|im_start|> as eos), the same ids in both configs, and each digit alone."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) == (
+        "<|im_start|>", "<|im_end|>", "<|im_end|>")
+    config = json.loads((smollm2_dir / "config.json").read_text())
+    generation = GenerationConfig.from_pretrained(smollm2_dir)
+    assert config["eos_token_id"] == generation.eos_token_id == tokenizer.eos_token_id == 2
+    assert "quantization_config" not in config and config["tie_word_embeddings"]
+    assert tokenizer.tokenize(" 2024") == ["Ġ", "2", "0", "2", "4"]
+    assert f"base_model: {HUB_ID}" in (smollm2_dir / "README.md").read_text()
+    assert "dequantized" in (smollm2_dir / "README.md").read_text()
+
+
+@pytest.mark.parametrize("tags", ["text", "added_tokens"])
+def test_inspect_spans_are_exact_on_its_tokenizer(cli, smollm2_dir, tags: str) -> None:
+    code, out, err = cli("inspect", str(RECIPE), "--json", "--n", "5", "--set",
+                         f"model.name_or_path={smollm2_dir}", "--set", f"format.tags={tags}")
+    assert code == 0, err
+    assert "end token" not in err  # the converted tokenizer and the config agree
+    for row in json.loads(out):
+        response = f"<Thinking>{row['thinking']}</Thinking><Answer>{row['answer']}</Answer><|im_end|>"
+        assert row["loss_text"]["stage1"] == response
+        assert row["loss_text"]["stage2"] == f"<Answer>{row['answer']}</Answer><|im_end|>"
+
+
+@slow
+def test_both_stages_merge_and_evaluation_complete_on_real_weights(smollm2_run) -> None:
+    _, record = smollm2_run
+    steps = record.data["steps"]
+    assert all(steps[name]["status"] == "complete" for name in ("stage1", "merge", "stage2", "eval"))
+    merge = steps["merge"]
+    assert set(merge["kl"]) == set(merge["heldout"]) == {"original", "nf4"}
+    assert all(value > 0 for value in merge["kl"].values())
+    for name in ("stage1", "stage2"):
+        key = steps[name]["heldout_key_loss"]
+        assert key["after"] < key["before"], f"{name} did not lower the held-out key loss"
+    metrics = json.loads((record.run_dir / "metrics.json").read_text())["sftkey_synthetic"]
+    assert metrics["n"] == 4 and {"acc", "fmt", "score"} <= set(metrics)
+
+
+@slow
+def test_after_training_it_writes_the_tags_and_stops_at_its_end_of_turn(smollm2_run) -> None:
+    """Greedy generation in the training format, from the export: the tags in order, nothing
+    after `</Answer>` but <|im_end|>, the model's own end of turn (id 2), never <|im_start|>."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sftkey_lora.data.synthetic import synthetic_split
+    from sftkey_lora.prep.render import render_prompt
+
+    recipe, record = smollm2_run
+    model_dir = exported(record)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    prompts = [render_prompt(example.prompt, recipe.format, tokenizer)
+               for example in synthetic_split("test", 1, 3, seed=7)]
+    for prompt in prompts:
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        with torch.no_grad():
+            out = model.generate(ids, max_new_tokens=200, do_sample=False)[0, ids.shape[1]:].tolist()
+        text = tokenizer.decode(out, skip_special_tokens=False)
+        assert text.startswith("<Thinking>") and "</Thinking><Answer>" in text, text
+        assert out[-1] == tokenizer.eos_token_id == 2, text
+        assert text.endswith("</Answer><|im_end|>"), text
+
+
+@slow
+def test_the_export_gives_the_logits_of_stage1_merged_with_the_stage2_adapter(smollm2_run) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _, record = smollm2_run
+    model_dir = exported(record)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    ids = tokenizer("<|im_start|>user\nTom has 3 apples.<|im_end|>\n<|im_start|>assistant\n<Thinking>Tom",
+                    return_tensors="pt").input_ids
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    reference = AutoModelForCausalLM.from_pretrained(record.layout.merged_dir, dtype=torch.float32)
+    reference = PeftModel.from_pretrained(reference, str(record.layout.stage_dir("stage2"))).eval()
+    with torch.no_grad():
+        assert (model(ids).logits - reference(ids).logits).abs().max().item() < 1e-4
+
+
+@slow
+def test_the_untuned_model_is_graded_as_it_is(cli, smollm2_dir, tmp_path) -> None:
+    """The reference row: the model as downloaded, evaluated on the task, its outputs kept."""
+    out = tmp_path / "untuned"
+    code, _, err = cli("eval", str(smollm2_dir), "--recipe", str(RECIPE), "--tasks", "sftkey_synthetic",
+                       "--limit", "2", "--output", str(out), "--set", "eval.max_gen_toks=64")
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())["sftkey_synthetic"]
+    assert metrics["n"] == 2
+    rows = [json.loads(line) for line in (out / "samples" / "sftkey_synthetic.jsonl").open()]
+    assert all(row["output"].strip() for row in rows)  # it answers, in its own way
+
+
+def exported(record) -> Path:
+    """The run's export, written once."""
+    from sftkey_lora.api import export
+
+    target = record.run_dir.parent / "export"
+    return target if (target / "config.json").is_file() else export(record.run_dir, target)
