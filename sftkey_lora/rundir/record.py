@@ -103,7 +103,7 @@ def _refuse_other_contents(layout: RunLayout, resolved: dict[str, Any], fresh: b
     file = layout.run_file
     refuse_foreign(layout.claim)
     if file.exists() and not fresh:
-        trained = _training_part(_read(file).get("recipe") or {})
+        trained = _training_part(_as_read_now(_read(file).get("recipe") or {}))
         if trained != _training_part(resolved):
             keys = ", ".join(_differences(trained, _training_part(resolved))) or "its layout"
             raise UserError(f"{file}: this run directory holds a run of another recipe (differs in "
@@ -153,6 +153,16 @@ def _read(file: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("steps"), dict):
         raise UserError(f"{file}: not a run record; rerun with --fresh to start over")
     return data
+
+
+def _as_read_now(recorded: dict[str, Any]) -> dict[str, Any]:
+    """A recorded recipe as this version reads it: a key added since the run was recorded takes
+    its default, so a run started before an upgrade still resumes (one that no longer
+    validates is compared as it was written)."""
+    try:
+        return Recipe.model_validate(recorded).model_dump(mode="json")
+    except ValueError:
+        return recorded
 
 
 def _training_part(recipe: dict[str, Any]) -> dict[str, Any]:

@@ -60,6 +60,19 @@ def test_a_different_recipe_names_the_differing_fields(tmp_path) -> None:
         RunRecord.open(RunLayout(tmp_path), changed, fresh=False)
 
 
+def test_a_run_recorded_before_a_recipe_key_existed_resumes(tmp_path) -> None:
+    """A key added to the recipe since (at its default) is not a different recipe."""
+    record = RunRecord.open(RunLayout(tmp_path), Recipe(), fresh=False)
+    record.complete("stage1", stage_outcome())
+    data = json.loads(RunLayout(tmp_path).run_file.read_text())
+    del data["recipe"]["merge"]["requantize"]
+    RunLayout(tmp_path).run_file.write_text(json.dumps(data))
+    assert RunRecord.open(RunLayout(tmp_path), Recipe(), fresh=False).status("stage1") == "complete"
+    with pytest.raises(UserError, match=r"differs in merge\.requantize"):
+        RunRecord.open(RunLayout(tmp_path), Recipe.model_validate({"merge": {"requantize": False}}),
+                       fresh=False)
+
+
 def test_evaluation_settings_may_change_between_runs(tmp_path) -> None:
     record = RunRecord.open(RunLayout(tmp_path), Recipe(), fresh=False)
     record.complete("stage1", stage_outcome())
