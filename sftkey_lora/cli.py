@@ -140,7 +140,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
         raise UserError(f"--contenders: {OURS} first, then any of {', '.join(known[1:])} "
                         f"(got {','.join(contenders)})")
     try:
-        workload = Workload(**{field.name: getattr(args, field.name) for field in fields(Workload)}).of_model()
+        workload = Workload(**{field.name: getattr(args, field.name) for field in fields(Workload)})
+        workload = workload.of_model()
     except ValueError as err:
         raise UserError(f"bench: {err}") from None
     if "unsloth" in contenders:

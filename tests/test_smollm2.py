@@ -4,6 +4,7 @@ run of its recipe shared by every test here, then its export and its untuned eva
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -14,10 +15,13 @@ from tests.support import ROOT
 
 RECIPE = ROOT / "recipes" / "smollm2-135m-instruct.yaml"
 # Enough steps at a high rate for the tags and the end of turn to be learned, no more.
-SHORT = ["data.synthetic.n_train=56", "data.holdout=8", "data.synthetic.n_test=8", "training.batch_size=8",
-         "training.logging_steps=3", "training.save_steps=50", "stages.stage1.training.max_steps=6",
-         "stages.stage1.training.learning_rate=1e-3", "stages.stage2.training.max_steps=3",
-         "eval.limit=4", "eval.max_gen_toks=160"]
+SHORT = ["data.synthetic.n_train=28", "data.holdout=4", "data.synthetic.n_test=4", "training.batch_size=4",
+         "training.logging_steps=50", "training.save_steps=50", "stages.stage1.training.max_steps=6",
+         "stages.stage1.training.learning_rate=2e-3", "stages.stage2.training.max_steps=2",
+         "eval.limit=2", "eval.max_gen_toks=160"]
+
+# The tags in order, then the end of turn and nothing more.
+TAGGED_TURN = r"<Thinking>.+</Thinking>\s*<Answer>.+</Answer><\|im_end\|>"
 
 slow = pytest.mark.slow
 
@@ -56,9 +60,12 @@ def test_inspect_spans_are_exact_on_its_tokenizer(cli, smollm2_dir, tags: str) -
     assert code == 0, err
     assert "end token" not in err  # the converted tokenizer and the config agree
     for row in json.loads(out):
-        response = f"<Thinking>{row['thinking']}</Thinking><Answer>{row['answer']}</Answer><|im_end|>"
-        assert row["loss_text"]["stage1"] == response
-        assert row["loss_text"]["stage2"] == f"<Answer>{row['answer']}</Answer><|im_end|>"
+        key = f"<Answer>{row['answer']}</Answer><|im_end|>"
+        assert row["loss_text"]["stage1"] == f"<Thinking>{row['thinking']}</Thinking>{key}"
+        # As text, `><` is one token of its vocabulary: the token that straddles the boundary
+        # is the first key token. Added tags are tokens of their own: the boundary is exact.
+        straddling = {"text": ">", "added_tokens": ""}[tags]
+        assert row["loss_text"]["stage2"] == straddling + key
 
 
 @slow
@@ -73,13 +80,14 @@ def test_both_stages_merge_and_evaluation_complete_on_real_weights(smollm2_run) 
         key = steps[name]["heldout_key_loss"]
         assert key["after"] < key["before"], f"{name} did not lower the held-out key loss"
     metrics = json.loads((record.run_dir / "metrics.json").read_text())["sftkey_synthetic"]
-    assert metrics["n"] == 4 and {"acc", "fmt", "score"} <= set(metrics)
+    assert metrics["n"] == 2 and {"acc", "fmt", "score"} <= set(metrics)
 
 
 @slow
 def test_after_training_it_writes_the_tags_and_stops_at_its_end_of_turn(smollm2_run) -> None:
-    """Greedy generation in the training format, from the export: the tags in order, nothing
-    after `</Answer>` but <|im_end|>, the model's own end of turn (id 2), never <|im_start|>."""
+    """Greedy generation in the training format, from the export: the tags in order (how
+    exactly they are laid out is fmt's business), nothing after `</Answer>` but <|im_end|>, the
+    model's own end of turn (id 2), never <|im_start|>."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sftkey_lora.data.synthetic import synthetic_split
@@ -96,9 +104,8 @@ def test_after_training_it_writes_the_tags_and_stops_at_its_end_of_turn(smollm2_
         with torch.no_grad():
             out = model.generate(ids, max_new_tokens=200, do_sample=False)[0, ids.shape[1]:].tolist()
         text = tokenizer.decode(out, skip_special_tokens=False)
-        assert text.startswith("<Thinking>") and "</Thinking><Answer>" in text, text
+        assert re.fullmatch(TAGGED_TURN, text, re.DOTALL), text
         assert out[-1] == tokenizer.eos_token_id == 2, text
-        assert text.endswith("</Answer><|im_end|>"), text
 
 
 @slow
@@ -123,10 +130,10 @@ def test_the_untuned_model_is_graded_as_it_is(cli, smollm2_dir, tmp_path) -> Non
     """The reference row: the model as downloaded, evaluated on the task, its outputs kept."""
     out = tmp_path / "untuned"
     code, _, err = cli("eval", str(smollm2_dir), "--recipe", str(RECIPE), "--tasks", "sftkey_synthetic",
-                       "--limit", "2", "--output", str(out), "--set", "eval.max_gen_toks=64")
+                       "--limit", "1", "--output", str(out), "--set", "eval.max_gen_toks=32")
     assert code == 0, err
     metrics = json.loads((out / "metrics.json").read_text())["sftkey_synthetic"]
-    assert metrics["n"] == 2
+    assert metrics["n"] == 1
     rows = [json.loads(line) for line in (out / "samples" / "sftkey_synthetic.jsonl").open()]
     assert all(row["output"].strip() for row in rows)  # it answers, in its own way
 

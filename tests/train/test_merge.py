@@ -10,8 +10,8 @@ from sftkey_lora.prep.collate import Collator, batches, pad_id
 from sftkey_lora.prep.prepare import encode_examples
 from sftkey_lora.recipe import FormatConfig, LoraSection, ModelConfig
 from sftkey_lora.train.loading import load_model
-from sftkey_lora.train.loss import segment_losses
 from sftkey_lora.train.lora import attach_lora
+from sftkey_lora.train.loss import segment_losses
 from sftkey_lora.train.merge import kl_and_losses, merge_stage1
 from sftkey_lora.train.plan import MergeStep
 
