@@ -112,14 +112,18 @@ def end_token_mismatch(cfg: ModelConfig, tokenizer: Any) -> str | None:
     generation config name (a GGUF-converted tokenizer may name the wrong one): the run
     appends the tokenizer's eos to every response and aligns the model to it, so a wrong
     one teaches the model to end its turn with the wrong token."""
-    from transformers import GenerationConfig
+    from transformers import AutoConfig, GenerationConfig
 
     path = resolve_model_path(cfg.name_or_path)
-    named = _ids(getattr(_config(cfg), "eos_token_id", None))
-    try:
-        named |= _ids(GenerationConfig.from_pretrained(path, revision=cfg.revision).eos_token_id)
-    except OSError:
-        pass  # no generation_config.json: the config's end tokens are all there is
+    named: set[int] = set()
+    # A folder may hold a tokenizer alone (inspect needs no weights): then nothing names an end.
+    for config in (AutoConfig, GenerationConfig):
+        try:
+            loaded = config.from_pretrained(path, revision=cfg.revision,
+                                            trust_remote_code=cfg.trust_remote_code)
+        except (OSError, ValueError):
+            continue
+        named |= _ids(getattr(loaded, "eos_token_id", None))
     if not named or tokenizer.eos_token_id in named:
         return None
     theirs = ", ".join(f"{tokenizer.convert_ids_to_tokens(i)} (id {i})" for i in sorted(named))
