@@ -18,7 +18,7 @@ RECIPE = ROOT / "recipes" / "smollm2-135m-instruct.yaml"
 SHORT = ["data.synthetic.n_train=28", "data.holdout=4", "data.synthetic.n_test=4", "training.batch_size=4",
          "training.logging_steps=50", "training.save_steps=50", "stages.stage1.training.max_steps=6",
          "stages.stage1.training.learning_rate=2e-3", "stages.stage2.training.max_steps=2",
-         "eval.limit=2", "eval.max_gen_toks=160"]
+         "eval.limit=1", "eval.max_gen_toks=160"]
 
 # The tags in order, then the end of turn and nothing more.
 TAGGED_TURN = r"<Thinking>.+</Thinking>\s*<Answer>.+</Answer><\|im_end\|>"
@@ -80,7 +80,7 @@ def test_both_stages_merge_and_evaluation_complete_on_real_weights(smollm2_run) 
         key = steps[name]["heldout_key_loss"]
         assert key["after"] < key["before"], f"{name} did not lower the held-out key loss"
     metrics = json.loads((record.run_dir / "metrics.json").read_text())["sftkey_synthetic"]
-    assert metrics["n"] == 2 and {"acc", "fmt", "score"} <= set(metrics)
+    assert metrics["n"] == 1 and {"acc", "fmt", "score"} <= set(metrics)
 
 
 @slow
@@ -127,10 +127,12 @@ def test_the_export_gives_the_logits_of_stage1_merged_with_the_stage2_adapter(sm
 
 @slow
 def test_the_untuned_model_is_graded_as_it_is(cli, smollm2_dir, tmp_path) -> None:
-    """The reference row: the model as downloaded, evaluated on the task, its outputs kept."""
+    """The reference row: the model as downloaded (in 16 bits), evaluated on the task, its
+    outputs kept."""
     out = tmp_path / "untuned"
     code, _, err = cli("eval", str(smollm2_dir), "--recipe", str(RECIPE), "--tasks", "sftkey_synthetic",
-                       "--limit", "1", "--output", str(out), "--set", "eval.max_gen_toks=32")
+                       "--limit", "1", "--output", str(out), "--set", "eval.max_gen_toks=32",
+                       "--set", "model.quantization=none")
     assert code == 0, err
     metrics = json.loads((out / "metrics.json").read_text())["sftkey_synthetic"]
     assert metrics["n"] == 1
