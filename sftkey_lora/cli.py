@@ -197,7 +197,7 @@ def _plan_text(plan: dict) -> str:
     if plan["merge"]:
         merge = plan["merge"]
         lines.append(f"merge: {merge['adapter']} into 16-bit weights ({merge['base']} base) "
-                     f"-> {merge['output']}")
+                     f"-> {merge['output']}, loaded by stage 2 in {merge['stage2_quantization']}")
     return "\n".join(lines)
 
 

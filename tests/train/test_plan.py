@@ -157,7 +157,8 @@ def test_dry_run_shows_every_step_and_training_arguments(cli) -> None:
     assert not Path("/nonexistent/x").exists()
     code, text, _ = cli("run", str(QUICKSTART), "--dry-run", "--output", "/nonexistent/x")
     assert "steps: stage1 -> merge -> stage2 -> eval" in text
-    assert ("merge: /nonexistent/x/stage1 into 16-bit weights (auto base) -> /nonexistent/x/stage1-merged"
+    assert ("merge: /nonexistent/x/stage1 into 16-bit weights (auto base) -> /nonexistent/x/stage1-merged, "
+            "loaded by stage 2 in nf4"
             in text)
 
 
