@@ -72,8 +72,12 @@ def fetch_gguf(scratch: Path) -> Path:
 def convert(gguf: Path, output: Path) -> None:
     """A Hugging Face directory (fp32 safetensors, tokenizer, chat template, generation
     config, model card) from a llama-architecture GGUF file."""
+    from importlib.util import find_spec
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if find_spec("gguf") is None:
+        raise RuntimeError("reading a GGUF file needs the gguf package: pip install 'sftkey-lora[dev]'")
     metadata = gguf_metadata(gguf)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     set_special_tokens(tokenizer, metadata)

@@ -117,13 +117,14 @@ def end_token_mismatch(cfg: ModelConfig, tokenizer: Any) -> str | None:
     path = resolve_model_path(cfg.name_or_path)
     named: set[int] = set()
     # A folder may hold a tokenizer alone (inspect needs no weights): then nothing names an end.
-    for config in (AutoConfig, GenerationConfig):
+    loaders = (lambda: AutoConfig.from_pretrained(path, revision=cfg.revision,
+                                                  trust_remote_code=cfg.trust_remote_code),
+               lambda: GenerationConfig.from_pretrained(path, revision=cfg.revision))
+    for load in loaders:
         try:
-            loaded = config.from_pretrained(path, revision=cfg.revision,
-                                            trust_remote_code=cfg.trust_remote_code)
+            named |= _ids(getattr(load(), "eos_token_id", None))
         except (OSError, ValueError):
             continue
-        named |= _ids(getattr(loaded, "eos_token_id", None))
     if not named or tokenizer.eos_token_id in named:
         return None
     theirs = ", ".join(f"{tokenizer.convert_ids_to_tokens(i)} (id {i})" for i in sorted(named))

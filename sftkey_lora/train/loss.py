@@ -148,24 +148,48 @@ def log_probs_at(model: Any, batch: dict[str, torch.Tensor], keep: torch.Tensor,
         yield F.log_softmax(project(head, states[start:start + step]).float(), dim=-1)  # [c, vocab]
 
 
+SEGMENTS = ("thinking", "key")
+
+
+class SegmentMeans:
+    """Mean loss per segment (thinking, key) over labelled positions added a chunk at a time:
+    the held-out probe and the merge's candidates are measured alike."""
+
+    def __init__(self) -> None:
+        self.sums = dict.fromkeys(SEGMENTS, 0.0)
+        self.counts = dict.fromkeys(SEGMENTS, 0)
+
+    def add(self, losses: torch.Tensor, flags: dict[str, torch.Tensor]) -> None:
+        """`losses` [n] and, per segment, which of those positions are its own ([n] bool)."""
+        for name in SEGMENTS:
+            selected = flags[name].to(losses.device)
+            self.sums[name] += float(losses[selected].double().sum())
+            self.counts[name] += int(selected.sum())
+
+    def means(self) -> dict[str, float]:
+        return {name: self.sums[name] / self.counts[name] if self.counts[name] else float("nan")
+                for name in SEGMENTS}
+
+
+def target_losses(log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """[c] negative log-likelihood of each position's target from its [c, vocab] log-probabilities."""
+    return -log_probs.gather(1, targets[:, None].to(log_probs.device))[:, 0]
+
+
 @torch.no_grad()
 def segment_losses(model: Any, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
     """Mean loss on thinking tokens and on key tokens (Eq. 4), whatever the stage trains on;
     only those positions are projected to the vocabulary."""
     direct = bool(batches) and projects_directly(model, batches[0])
-    sums = {"thinking": 0.0, "key": 0.0}
-    counts = {"thinking": 0, "key": 0}
+    means = SegmentMeans()
     for batch in batches:
-        masks = {name: batch[f"is_{name}"][:, 1:].bool() for name in sums}  # [b, t-1]
+        masks = {name: batch[f"is_{name}"][:, 1:].bool() for name in SEGMENTS}  # [b, t-1]
         keep = masks["thinking"] | masks["key"]
         targets = batch["input_ids"][:, 1:][keep]  # [n]
-        losses = torch.cat([-chunk.gather(1, targets[done:done + len(chunk), None].to(chunk.device))[:, 0]
+        losses = torch.cat([target_losses(chunk, targets[done:done + len(chunk)])
                             for done, chunk in _with_offsets(log_probs_at(model, batch, keep, direct))])
-        for name, mask in masks.items():
-            selected = mask[keep].to(losses.device)  # [n]: which kept positions are this segment's
-            sums[name] += float(losses[selected].double().sum())
-            counts[name] += int(selected.sum())
-    return {name: sums[name] / counts[name] if counts[name] else float("nan") for name in sums}
+        means.add(losses, {name: mask[keep] for name, mask in masks.items()})
+    return means.means()
 
 
 def _with_offsets(chunks: Iterable[torch.Tensor]) -> Iterator[tuple[int, torch.Tensor]]:

@@ -26,11 +26,10 @@ from ..rundir.files import empty_temporary, replace_dir
 from ..rundir.outcomes import MergeOutcome
 from ..runtime.hardware import ResolvedPrecision, peak_memory, reset_peak_memory
 from .loading import load_model, pretrained_model
-from .loss import log_probs_at, projects_directly
+from .loss import SEGMENTS, SegmentMeans, log_probs_at, projects_directly, target_losses
 from .plan import MergeStep
 
 CANDIDATES = ("original", "nf4")
-SEGMENTS = ("thinking", "key")
 
 
 def merge_stage1(step: MergeStep, tokenizer: Any, holdout: list[dict[str, torch.Tensor]]) -> MergeOutcome:
@@ -102,7 +101,7 @@ def kl_and_losses(reference: Any, other: Any,
     projected a chunk of response positions at a time (never whole-batch logits of two models)."""
     direct = bool(batches) and all(projects_directly(model, batches[0]) for model in (reference, other))
     total, count = 0.0, 0
-    sums, counts = dict.fromkeys(SEGMENTS, 0.0), dict.fromkeys(SEGMENTS, 0)
+    means = SegmentMeans()
     for batch in batches:
         keep = batch["labels"][:, 1:] != IGNORE  # [b, t-1]
         targets = batch["input_ids"][:, 1:][keep]  # [n]
@@ -113,12 +112,8 @@ def kl_and_losses(reference: Any, other: Any,
         for p, q in pairs:  # [c, vocab] each
             q = q.to(p.device)
             total += float(F.kl_div(q.double(), p.double(), log_target=True, reduction="sum"))
-            losses = -q.gather(1, targets[done:done + len(q), None].to(q.device))[:, 0]  # [c]
-            for name, flag in flags.items():
-                selected = flag[done:done + len(q)].to(q.device)
-                sums[name] += float(losses[selected].double().sum())
-                counts[name] += int(selected.sum())
+            chunk = slice(done, done + len(q))
+            means.add(target_losses(q, targets[chunk]), {name: flag[chunk] for name, flag in flags.items()})
             done += len(q)
         count += int(keep.sum())
-    return total / max(count, 1), {name: sums[name] / counts[name] if counts[name] else float("nan")
-                                   for name in SEGMENTS}
+    return total / max(count, 1), means.means()
