@@ -14,7 +14,7 @@ from pathlib import Path
 from .errors import SharedUserError, UserError
 from .output import set_verbosity
 from .recipe import load_recipe
-from .runtime.distributed import rank
+from .runtime.distributed import part_together, rank
 
 EXIT_USER_ERROR = 2
 
@@ -276,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         if not isinstance(err, SharedUserError) or rank() == 0:
             print(f"sftkey-lora: error: {err}", file=sys.stderr)
+        if isinstance(err, SharedUserError):
+            part_together()
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         return 130

@@ -87,6 +87,17 @@ def main_decides(check: Callable[[], T]) -> T:
     return result  # type: ignore[return-value]
 
 
+def part_together() -> None:
+    """Every process leaves the process group at once, after a refusal they all share. A process
+    that exits while another still holds its gloo connection can make that one abort (SIGABRT),
+    which would turn the main process's exit 2 into a crash."""
+    import torch.distributed as dist
+
+    if world_size() > 1 and dist.is_available() and dist.is_initialized():
+        wait_for_everyone()
+        dist.destroy_process_group()
+
+
 def sharded() -> bool:
     """Whether FSDP or DeepSpeed ZeRO shards the weights, so a layer's weights are whole only
     inside the model's own forward pass. accelerate shards on GPUs only: on a CPU it trains
