@@ -25,6 +25,9 @@ Verbosity = Literal["quiet", "normal", "verbose"]
 RESULT = 25  # between INFO and WARNING: shown with --quiet
 logging.addLevelName(RESULT, "RESULT")
 OURS = "sftkey_lora"
+# Every level of ours reaches the handlers, whether or not a verbosity was chosen: the run log
+# keeps them all, and the console's own filter decides what it shows.
+logging.getLogger(OURS).setLevel(logging.DEBUG)
 # The libraries whose messages reach the console through ours; where one installs its
 # own console handler, that handler is removed so the message is printed once.
 LIBRARIES = ("transformers", "datasets", "huggingface_hub", "lm_eval", "peft", "accelerate", "bitsandbytes",
@@ -65,7 +68,6 @@ def set_verbosity(verbosity: Verbosity = "normal") -> None:
     for handler in [h for h in root.handlers if isinstance(h, _Console)]:
         root.removeHandler(handler)
     root.addHandler(_Console())
-    logging.getLogger(OURS).setLevel(logging.DEBUG)  # every level reaches the run log
     logging.captureWarnings(False)  # and again: whatever took Python's warnings since gives them back
     logging.captureWarnings(True)
     route_library_logs()

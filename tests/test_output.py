@@ -77,6 +77,15 @@ def test_the_log_keeps_every_message_and_what_stopped_the_command(tmp_path, caps
     assert "Traceback" in log.read_text()  # a bug's whole story, for its report
 
 
+def test_the_log_keeps_every_message_where_no_verbosity_was_chosen(tmp_path) -> None:
+    """A fresh process that runs a step without the CLI or the API (no verbosity chosen)."""
+    log = tmp_path / "run.log"
+    code = ("import logging, sys; from pathlib import Path; from sftkey_lora.output import logged_to\n"
+            "with logged_to(Path(sys.argv[1])): logging.getLogger('sftkey_lora.pipeline').info('doing')")
+    subprocess.run([sys.executable, "-c", code, str(log)], check=True, cwd=ROOT)
+    assert "INFO sftkey_lora.pipeline: doing" in log.read_text()
+
+
 def test_other_processes_leave_the_saying_to_the_main_one(monkeypatch, capsys) -> None:
     monkeypatch.setenv("RANK", "1")
     set_verbosity("normal")
