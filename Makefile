@@ -44,13 +44,16 @@ models: setup
 tokenizers: setup
 	$(BIN)/python -m tests.real_tokenizers
 
+# One test process per core (at most 4), each test file in one of them (pytest-xdist).
+PARALLEL := --numprocesses auto --maxprocesses 4 --dist loadfile
+
 # Every test (what CI runs). pytest exits 5 when it collects no test: not a failure of the code.
 test: tokenizers models
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest || [ $$? -eq 5 ]
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PARALLEL) || [ $$? -eq 5 ]
 
 # Everything but the tests marked slow (training runs, lm-eval and torchrun subprocesses).
 test-fast: tokenizers models
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow" || [ $$? -eq 5 ]
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PARALLEL) -m "not slow" || [ $$? -eq 5 ]
 
 lint: setup
 	$(BIN)/ruff check sftkey_lora tests

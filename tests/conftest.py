@@ -16,6 +16,9 @@ import pytest
 
 from tests.support import QUICKSTART, SMALL, SMALL_EVAL
 
+# Under pytest-xdist each worker takes one core: two workers of two threads each would fight.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 # Encoded rows are cached in a folder of this session's own, never the user's.

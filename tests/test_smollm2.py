@@ -18,7 +18,9 @@ RECIPE = ROOT / "recipes" / "smollm2-135m-instruct.yaml"
 SHORT = ["data.synthetic.n_train=28", "data.holdout=4", "data.synthetic.n_test=4", "training.batch_size=4",
          "training.logging_steps=50", "training.save_steps=50", "stages.stage1.training.max_steps=6",
          "stages.stage1.training.learning_rate=2e-3", "stages.stage2.training.max_steps=2",
-         "eval.limit=1", "eval.max_gen_toks=160"]
+         "eval.limit=1", "eval.max_gen_toks=160",
+         # Batches of 4 need no checkpointing: the same losses, a quarter less time.
+         "training.gradient_checkpointing=false"]
 
 # The tags in order, then the end of turn and nothing more.
 TAGGED_TURN = r"<Thinking>.+</Thinking>\s*<Answer>.+</Answer><\|im_end\|>"

@@ -74,6 +74,7 @@ def test_a_stage_resumes_from_its_last_whole_checkpoint(tmp_path) -> None:
     assert again.log_history[: len(logged) + 1] == first.log_history[: len(logged) + 1]  # kept as it was
 
 
+@pytest.mark.slow  # bf16 arithmetic on a CPU: two stages of about 5 s each
 @pytest.mark.parametrize("setting", [["training.mode=full", "model.quantization=none"],
                                      ["model.quantization=nf4"]], ids=["full", "4-bit with tag rows"])
 def test_mixed_precision_projects_hidden_states_handed_back_in_fp32(tmp_path, setting: list[str]) -> None:
