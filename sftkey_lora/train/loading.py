@@ -14,6 +14,7 @@ from typing import Any
 from ..errors import UserError, first_line
 from ..output import route_library_logs
 from ..recipe import ModelConfig
+from ..runtime.attention import use_grouped_attention_on_cpu
 from ..runtime.distributed import is_main
 from ..runtime.hardware import ResolvedPrecision, precision_of, torch_dtype
 from ..tags import Tags
@@ -104,6 +105,7 @@ def pretrained_model(cfg: ModelConfig, vocab_size: int, **kwargs: Any):
         raise UserError(_missing_model_message(cfg.name_or_path, err)) from None
     if model.get_input_embeddings().num_embeddings < vocab_size:
         model.resize_token_embeddings(vocab_size)
+    use_grouped_attention_on_cpu(model)
     return model
 
 
