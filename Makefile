@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 
-.PHONY: setup demo demo-smollm2 tokenizers models test test-fast lint tiny clean
+.PHONY: setup demo demo-smollm2 tokenizers models converters test test-fast lint tiny clean
 
 setup: $(STAMP)
 
@@ -20,7 +20,7 @@ ifneq ($(CUDA),yes)
 	  || $(BIN)/python -m pip install --quiet $(TORCH_PIN) --index-url https://download.pytorch.org/whl/cpu
 endif
 	# PYTHONWARNINGS: setuptools' note that an editable install exists, printed by every build of one.
-	PYTHONWARNINGS=ignore $(BIN)/python -m pip install --quiet -e '.[eval,dev,bench,tensorboard]'
+	PYTHONWARNINGS=ignore $(BIN)/python -m pip install --quiet -e '.[eval,dev,bench,tensorboard,gguf]'
 	touch $(STAMP)
 
 # Show the tokens each stage trains on, then train both stages (a second run reports the first).
@@ -44,15 +44,20 @@ models: setup
 tokenizers: setup
 	$(BIN)/python -m tests.real_tokenizers
 
+# llama.cpp's converters (convert_hf_to_gguf.py and its gguf-py) for `export --gguf`, taken
+# once from the pinned llama-cpp-python source distribution and cached outside the repository.
+converters: setup
+	$(BIN)/python -m sftkey_lora.gguf.llamacpp
+
 # One test process per core (at most 4), each test file in one of them (pytest-xdist).
 PARALLEL := --numprocesses auto --maxprocesses 4 --dist loadfile
 
 # Every test (what CI runs). pytest exits 5 when it collects no test: not a failure of the code.
-test: tokenizers models
+test: tokenizers models converters
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PARALLEL) || [ $$? -eq 5 ]
 
 # Everything but the tests marked slow (training runs, lm-eval and torchrun subprocesses).
-test-fast: tokenizers models
+test-fast: tokenizers models converters
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PARALLEL) -m "not slow" || [ $$? -eq 5 ]
 
 lint: setup

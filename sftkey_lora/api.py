@@ -22,7 +22,7 @@ from .errors import UserError
 from .output import ensure_output, logged_to, set_verbosity
 from .recipe import Recipe, apply_override, validate_recipe
 from .recipe import load_recipe as _read_recipe
-from .rundir.layout import RunLayout
+from .rundir.layout import EXPORTED_RECIPE, RunLayout
 from .rundir.lock import holding
 
 if TYPE_CHECKING:
@@ -64,10 +64,11 @@ def evaluate(target: str | Path, tasks: list[str] | None = None, limit: int | No
              recipe: str | Path | Recipe | None = None, output: str | Path | None = None,
              overrides: Overrides = None) -> dict[str, Any]:
     """Evaluate a run directory (its final model, with its own recipe, into its directory), or
-    any model as it is (a hub id, a directory, `builtin:tiny`) with `recipe`'s format and
-    evaluation settings into `output` (default `evals/<model name>/`). Returns the metrics."""
+    any model as it is (a hub id, a directory, `builtin:tiny`, a `.gguf` file run by llama.cpp)
+    with `recipe`'s format and evaluation settings into `output` (default `evals/<model name>/`;
+    for a GGUF of an export, the export's recipe unless `recipe` is given). Returns the metrics."""
     ensure_output()
-    from .evaluation.runner import evaluate_model, evaluate_run
+    from .evaluation.runner import evaluate_gguf, evaluate_model, evaluate_run
     from .rundir.record import RunRecord, is_run, recorded_recipe
     from .train.plan import plan_evaluation
 
@@ -81,20 +82,27 @@ def evaluate(target: str | Path, tasks: list[str] | None = None, limit: int | No
         with holding(layout.claim), logged_to(layout.log_file):
             record = RunRecord.open(layout, own, fresh=False)  # refuses a change to what was trained
             return evaluate_run(own, record, _evaluation(plan_evaluation(own, tasks, limit)))
+    gguf = Path(target) if str(target).endswith(".gguf") else None
+    if gguf is not None and not gguf.is_file():
+        raise UserError(f"{gguf}: no such GGUF file")
+    beside = gguf.parent / EXPORTED_RECIPE if gguf else None
+    if recipe is None and beside is not None and beside.is_file():  # the export's own recipe
+        recipe = validate_recipe(json.loads(beside.read_text(encoding="utf-8")), source=str(beside))
     base = recipe if isinstance(recipe, Recipe) else load_recipe(recipe) if recipe else Recipe()
     raw = base.model_dump(mode="json")
-    raw["model"]["name_or_path"] = str(target)
+    if gguf is None or (gguf.parent / "tokenizer_config.json").is_file():  # what renders the prompts
+        raw["model"]["name_or_path"] = str(gguf.parent if gguf else target)
     for item in _as_items(overrides):
         apply_override(raw, item)
     chosen = validate_recipe(raw, source=str(recipe if isinstance(recipe, str | Path) else "eval"))
-    name = Path(str(target).removeprefix("builtin:")).name
+    name = gguf.stem if gguf else Path(str(target).removeprefix("builtin:")).name
     out = RunLayout(Path(output) if output is not None else Path("evals") / name)
     step = _evaluation(plan_evaluation(chosen, tasks, limit))  # checked before the directory is made
     if is_run(out.root):
         raise UserError(f"--output {out.root}: a run directory, whose evaluation is its own final model's; "
                         f"evaluate the run with `sftkey-lora eval {out.root}`, or choose another --output")
     with holding(out.evaluation_claim):
-        return evaluate_model(chosen, out, step)
+        return evaluate_gguf(chosen, gguf, out, step) if gguf else evaluate_model(chosen, out, step)
 
 
 def compare(recipe: Recipe, output: str | Path | None = None, fresh: bool = False,
@@ -109,14 +117,17 @@ def compare(recipe: Recipe, output: str | Path | None = None, fresh: bool = Fals
 
 
 def export(run_dir: str | Path, output: str | Path | None = None,
-           dtype: Literal["bf16", "fp16", "fp32"] | None = None) -> Path:
+           dtype: Literal["bf16", "fp16", "fp32"] | None = None, gguf: Sequence[str] = (),
+           gguf_adapter: bool = False) -> Path:
     """A finished run's final model as one plain model directory (default `RUN/final/`):
     weights merged, in `dtype` (default: the base model's own), tokenizer with the tags,
-    generation config, model card. Returns where it went."""
+    generation config, model card; with `gguf` types (`f16`, `q8_0`, `q4_k_m`, …) also as
+    llama.cpp GGUF files with an Ollama Modelfile, and with `gguf_adapter` the last stage's
+    base and adapter as a GGUF pair. Returns where it went."""
     ensure_output()
     from .model_export import export_run
 
-    return export_run(Path(run_dir), Path(output) if output is not None else None, dtype)
+    return export_run(Path(run_dir), Path(output) if output is not None else None, dtype, gguf, gguf_adapter)
 
 
 def significance(a: str | Path, b: str | Path) -> list[Pair]:

@@ -89,6 +89,12 @@ def _eval_parsers(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None,
                         help="the weights' dtype (default: the base model's own, as its config.json "
                              "declares)")
+    export.add_argument("--gguf", type=_task_list, default=[], metavar="TYPE[,TYPE]",
+                        help="also write <name>-<TYPE>.gguf for llama.cpp and Ollama, with a Modelfile: "
+                             "f16, bf16, q8_0, f32, or a llama.cpp quantization such as q4_k_m")
+    export.add_argument("--gguf-adapter", action="store_true",
+                        help="also write the last stage's base and its LoRA adapter as a GGUF pair "
+                             "(llama.cpp's --lora), in the first --gguf type")
 
     significance = commands.add_parser("significance", help="paired differences of two evaluations on the "
                                        "same test items (exact McNemar p, Holm-adjusted over the tasks; "
@@ -98,7 +104,8 @@ def _eval_parsers(commands: argparse._SubParsersAction) -> None:
     significance.add_argument("--json", action="store_true", help="print a JSON list of the pairs")
 
     evaluate = commands.add_parser("eval", help="evaluate a run (or any model) on the sftkey_* lm-eval tasks")
-    evaluate.add_argument("target", help="a run directory, or a model (hub id, directory, builtin:tiny)")
+    evaluate.add_argument("target", help="a run directory, a model (hub id, directory, builtin:tiny), or a "
+                          ".gguf file (run by llama.cpp)")
     evaluate.add_argument("--tasks", type=_task_list, default=None,
                           help="comma-separated lm-eval tasks (default: the recipe's eval.tasks)")
     evaluate.add_argument("--limit", type=int, default=None, help="examples per task (default: all)")
@@ -213,9 +220,11 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .api import export
 
     started = time.perf_counter()
-    out = export(args.run_dir, args.output, args.dtype)
+    out = export(args.run_dir, args.output, args.dtype, args.gguf, args.gguf_adapter)
     size = sum(path.stat().st_size for path in out.rglob("*") if path.is_file())
     print(f"exported {out} ({size / 2**20:.1f} MB) in {time.perf_counter() - started:.1f} s")
+    for path in sorted(out.glob("*.gguf")):
+        print(f"  {path.name} ({path.stat().st_size / 2**20:.1f} MB)")
 
 
 def cmd_significance(args: argparse.Namespace) -> None:

@@ -8,6 +8,12 @@ import urllib.request
 from pathlib import Path
 
 
+def cache_home() -> Path:
+    """~/.cache/sftkey-lora: what is fetched or built once per machine lives under it, outside
+    any checkout or run (each kind has its own variable to move it elsewhere)."""
+    return Path.home() / ".cache" / "sftkey-lora"
+
+
 def fetch_pinned(url: str, sha256: str, target: Path) -> Path:
     """`url` downloaded to `target`; an error names a checksum that differs."""
     with urllib.request.urlopen(url, timeout=300) as response:  # noqa: S310 (pinned https)

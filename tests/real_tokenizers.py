@@ -23,7 +23,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sftkey_lora.pinned import fetch_pinned
+from sftkey_lora.pinned import cache_home, fetch_pinned
 
 SDIST_URL = ("https://files.pythonhosted.org/packages/e4/b4/c8cd17629ced0b9644a71d399a91145aedef109c0333"
              "443bef015e45b704/llama_cpp_python-0.3.16.tar.gz")
@@ -88,7 +88,7 @@ NAMES = tuple(SPECS)
 
 def cache_root() -> Path:
     """Where the built tokenizers live, keyed by the sdist and this file's specs."""
-    base = Path(os.environ.get("SFTKEY_TOKENIZERS") or Path.home() / ".cache" / "sftkey-lora")
+    base = Path(os.environ.get("SFTKEY_TOKENIZERS") or cache_home())
     key = hashlib.sha256((SDIST_SHA256 + repr(sorted(SPECS.items()))).encode()).hexdigest()[:12]
     return base / f"real-tokenizers-{key}"
 

@@ -22,8 +22,9 @@ SHORT = ["data.synthetic.n_train=28", "data.holdout=4", "data.synthetic.n_test=4
          # Batches of 4 need no checkpointing: the same losses, a quarter less time.
          "training.gradient_checkpointing=false"]
 
-# The tags in order, then the end of turn and nothing more.
-TAGGED_TURN = r"<Thinking>.+</Thinking>\s*<Answer>.+</Answer><\|im_end\|>"
+# The tags in order, then nothing more (the end of turn, which stops generation, follows).
+TAGGED_TURN = r"<Thinking>.+</Thinking>\s*<Answer>.+</Answer>"
+MAX_NEW = 200
 
 slow = pytest.mark.slow
 
@@ -89,36 +90,63 @@ def test_both_stages_merge_and_evaluation_complete_on_real_weights(smollm2_run) 
     assert metrics["n"] == 1 and {"acc", "fmt", "score"} <= set(metrics)
 
 
-@slow
-def test_after_training_it_writes_the_tags_and_stops_at_its_end_of_turn(smollm2_run) -> None:
-    """Greedy generation in the training format, from the export: <|im_start|> never comes,
-    `</Answer>` is followed by <|im_end|> (id 2), the model's own end of turn, and nothing else.
-    A model trained for 10 steps still answers some prompts untagged or loops in its thinking
-    (even the recipe's full run leaves a quarter untagged), so 3 of 5 must write the whole turn."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+@pytest.fixture(scope="module")
+def turns(smollm2_run) -> tuple[list[list[int]], list[list[int]]]:
+    """Eight test prompts in the training format (token ids), and the export's greedy
+    continuations in transformers, the end-of-turn token left out (an output shorter than
+    MAX_NEW ended with it)."""
+    from transformers import AutoTokenizer
 
     from sftkey_lora.data.synthetic import synthetic_split
+    from sftkey_lora.gguf.agreement import transformers_greedy
     from sftkey_lora.prep.render import render_prompt
 
     recipe, record = smollm2_run
     model_dir = exported(record)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    prompts = [render_prompt(example.prompt, recipe.format, tokenizer)
-               for example in synthetic_split("test", 1, 5, seed=7)]
+    texts = [render_prompt(example.prompt, recipe.format, tokenizer)
+             for example in synthetic_split("test", 1, 8, seed=7)]
+    prompts = [tokenizer(text, add_special_tokens=False).input_ids for text in texts]
+    return prompts, transformers_greedy(model_dir, prompts, MAX_NEW)
+
+
+@slow
+def test_after_training_it_writes_the_tags_and_stops_at_its_end_of_turn(smollm2_run, turns) -> None:
+    """Greedy generation in the training format, from the export: <|im_start|> never comes,
+    `</Answer>` is followed by <|im_end|> (id 2), the model's own end of turn, and nothing else.
+    A model trained for 10 steps still answers some prompts untagged or loops in its thinking
+    (even the recipe's full run leaves a quarter untagged), so 4 of 8 must write the whole turn."""
+    from transformers import AutoTokenizer
+
+    _, record = smollm2_run
+    tokenizer = AutoTokenizer.from_pretrained(exported(record))
     texts, finished = [], 0
-    for prompt in prompts:
-        ids = tokenizer(prompt, return_tensors="pt").input_ids
-        with torch.no_grad():
-            out = model.generate(ids, max_new_tokens=200, do_sample=False)[0, ids.shape[1]:].tolist()
+    for out in turns[1]:
         text = tokenizer.decode(out, skip_special_tokens=False)
         texts.append(text)
         assert tokenizer.bos_token_id not in out, texts
         if "</Answer>" in text:
-            assert re.fullmatch(TAGGED_TURN, text, re.DOTALL), texts
-            assert out[-1] == tokenizer.eos_token_id == 2, texts
+            assert re.fullmatch(TAGGED_TURN, text, re.DOTALL) and len(out) < MAX_NEW, texts
             finished += 1
-    assert finished >= 3, texts
+    assert tokenizer.eos_token_id == 2 and finished >= 4, texts
+
+
+@slow
+def test_llama_cpp_runs_its_gguf_token_for_token(smollm2_run, turns) -> None:
+    """The f16 GGUF through llama.cpp: the prompts tokenized as transformers tokenizes them,
+    and the same greedy tokens, the tags and the end of turn included."""
+    from transformers import AutoTokenizer
+
+    from sftkey_lora.gguf.agreement import gguf_greedy
+    from sftkey_lora.gguf.lm import LlamaCppLM
+
+    recipe, record = smollm2_run
+    model_dir = exported(record)
+    lm = LlamaCppLM(model_dir / f"{recipe.name}-f16.gguf")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    prompts, reference = turns
+    assert [lm.tokenize(tokenizer.decode(prompt)) for prompt in prompts] == prompts
+    assert gguf_greedy(lm, prompts, MAX_NEW) == reference
 
 
 @slow
@@ -158,4 +186,4 @@ def exported(record) -> Path:
     from sftkey_lora.api import export
 
     target = record.run_dir.parent / "export"
-    return target if (target / "config.json").is_file() else export(record.run_dir, target)
+    return target if (target / "config.json").is_file() else export(record.run_dir, target, gguf=["f16"])

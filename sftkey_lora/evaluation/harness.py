@@ -1,7 +1,8 @@
 """Run the `sftkey_*` lm-eval tasks on a loaded model and write what they measured.
 
 The model is passed to lm-eval already loaded (`HFLM(pretrained=model, tokenizer=tok)`):
-a 4-bit base with its adapter cannot be described by `model_args` since transformers 5.
+a 4-bit base with its adapter cannot be described by `model_args` since transformers 5. A GGUF
+file is passed as an lm-eval model that runs it through llama.cpp (`gguf.lm`).
 Writes `metrics.json` ({task: {acc, fmt, score, …}}) and `samples/<task>.jsonl`
 (lm-eval's per-sample records, plus the answer as extracted and the judge's verdict).
 """
@@ -49,11 +50,21 @@ def task_manager(metadata: dict[str, Any]):
     return TaskManager(include_path=str(tasks_dir()), metadata=metadata)
 
 
-def evaluate(model: Any, tokenizer: Any, tasks: list[str], cfg: EvalConfig, metadata: dict[str, Any],
-             out: RunLayout, limit: int | None = None) -> dict[str, Any]:
-    """Generate, grade (and judge), then write metrics.json and samples/; returns the metrics."""
-    from lm_eval import simple_evaluate
+def hf_lm(model: Any, tokenizer: Any, cfg: EvalConfig) -> Any:
+    """lm-eval's Hugging Face model over a loaded model, in the evaluation's batches."""
     from lm_eval.models.huggingface import HFLM
+
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size)
+    if bars_disabled():  # lm-eval draws its generation bar unless told per call
+        lm.generate_until = partial(lm.generate_until, disable_tqdm=True)
+    return lm
+
+
+def evaluate(lm: Any, tasks: list[str], cfg: EvalConfig, metadata: dict[str, Any],
+             out: RunLayout, limit: int | None = None) -> dict[str, Any]:
+    """Generate with the lm-eval model `lm`, grade (and judge), then write metrics.json and
+    samples/; returns the metrics."""
+    from lm_eval import simple_evaluate
 
     route_library_logs()
 
@@ -65,9 +76,6 @@ def evaluate(model: Any, tokenizer: Any, tasks: list[str], cfg: EvalConfig, meta
     if cfg.judge is not None:
         check_reachable(cfg.judge)
     started = time.perf_counter()
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size)
-    if bars_disabled():  # lm-eval draws its generation bar unless told per call
-        lm.generate_until = partial(lm.generate_until, disable_tqdm=True)
     output = simple_evaluate(
         model=lm, tasks=tasks, task_manager=manager, limit=limit, log_samples=True,
         gen_kwargs={"max_gen_toks": cfg.max_gen_toks} if cfg.max_gen_toks else None,

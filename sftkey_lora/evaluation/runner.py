@@ -1,4 +1,5 @@
-"""Evaluate a finished run (the model its plan names as final, as it trained) or any model.
+"""Evaluate a finished run (the model its plan names as final, as it trained), any model, or
+a GGUF file (through llama.cpp).
 
 A run is evaluated as its last stage trained it: for sftkey_tag the merged stage-1 model
 loaded in 4-bit with the stage-2 adapter on top; for one-stage strategies the base with its
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
@@ -20,7 +22,7 @@ from ..rundir.record import RunRecord
 from ..runtime.hardware import resolve_precision
 from ..train.loading import load_model, load_tokenizer
 from ..train.plan import EvalStep, FinalModel, plan_run
-from .harness import evaluate
+from .harness import evaluate, hf_lm
 from .report import write_run_report
 
 
@@ -39,7 +41,8 @@ def evaluate_run(recipe: Recipe, record: RunRecord, step: EvalStep, training: st
     record.start(EVAL_STEP, tasks=step.tasks, limit=step.limit)
     started = time.perf_counter()
     metadata = {"recipe": recipe.model_dump(mode="json")}
-    metrics = evaluate(model, tokenizer, step.tasks, step.settings, metadata, record.layout, step.limit)
+    metrics = evaluate(hf_lm(model, tokenizer, step.settings), step.tasks, step.settings, metadata,
+                       record.layout, step.limit)
     write_run_report(record.layout, recipe.name or record.layout.root.name, metrics, described,
                      step.settings.alpha, training)
     record.complete(EVAL_STEP, EvalOutcome(tasks=step.tasks, limit=step.limit,
@@ -79,11 +82,38 @@ def evaluate_model(recipe: Recipe, out: RunLayout, step: EvalStep) -> dict[str, 
     model = load_model(recipe.model, precision, vocab_size=len(tokenizer)).eval()
     write_json_atomic(out.evaluation_file, named)  # once it loaded: a missing model claims nothing
     quantized = "4-bit NF4" if recipe.model.quantization == "nf4" else precision
-    described = (f"Model: `{recipe.model.name_or_path}` ({quantized}), no adapter; greedy decoding"
+    name = recipe.model.name_or_path
+    return _evaluate_into(out, hf_lm(model, tokenizer, step.settings), recipe, step, name,
+                          f"Model: `{name}` ({quantized}), no adapter")
+
+
+def evaluate_gguf(recipe: Recipe, gguf: Path, out: RunLayout, step: EvalStep) -> dict[str, Any]:
+    """Evaluate a GGUF file through llama.cpp, prompts rendered by `recipe`'s format, into
+    `out`, which names the file as `evaluate_model`'s output names its model."""
+    from ..gguf.llamacpp import RELEASE
+    from ..gguf.lm import LlamaCppLM
+
+    named = {"name_or_path": str(gguf.resolve()), "revision": None}
+    refuse_another_model(named, out)
+    lm = LlamaCppLM(gguf)
+    if recipe.format.template == "chat" or Path(recipe.model.name_or_path) == gguf.parent:
+        renders = load_tokenizer(recipe.model)  # the tokenizer whose tokens the prompts hold
+        differs = lm.foreign_to(renders)
+        if differs:
+            raise UserError(f"{gguf}: not a model of the tokenizer that renders its prompts "
+                            f"({recipe.model.name_or_path}): {differs}; give the --recipe of its own model")
+    write_json_atomic(out.evaluation_file, named)
+    return _evaluate_into(out, lm, recipe, step, gguf.name,
+                          f"Model: `{gguf}` (GGUF, through llama.cpp of llama-cpp-python {RELEASE})")
+
+
+def _evaluate_into(out: RunLayout, lm: Any, recipe: Recipe, step: EvalStep, label: str, model: str
+                   ) -> dict[str, Any]:
+    described = (f"{model}; greedy decoding"
                  f"{f', at most {step.limit} examples per task' if step.limit else ''}.")
     metadata = {"recipe": recipe.model_dump(mode="json")}
-    metrics = evaluate(model, tokenizer, step.tasks, step.settings, metadata, out, step.limit)
-    write_run_report(out, recipe.model.name_or_path, metrics, described, step.settings.alpha)
+    metrics = evaluate(lm, step.tasks, step.settings, metadata, out, step.limit)
+    write_run_report(out, label, metrics, described, step.settings.alpha)
     return metrics
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..data import Example
+from ..pinned import cache_home
 from ..progress import progress
 from ..recipe import FormatConfig
 from .masks import Encoded, encode_all
@@ -42,7 +43,7 @@ SWEEP_AFTER = 3600  # seconds: a temporary this old was left by a process that i
 
 def cache_root() -> Path:
     found = os.environ.get("SFTKEY_LORA_CACHE")
-    return Path(found) if found else Path.home() / ".cache" / "sftkey-lora" / "prepared"
+    return Path(found) if found else cache_home() / "prepared"
 
 
 def cache_key(examples: Sequence[Example], tokenizer: Any, fmt: FormatConfig, tagged: bool) -> str:
