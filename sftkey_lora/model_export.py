@@ -95,11 +95,12 @@ def write_ggufs(folder: Path, types: list[str], adapter: bool, recipe: Recipe, f
     from .gguf.convert import lora_gguf, model_gguf
     from .gguf.ollama import modelfile
 
-    files = [model_gguf(folder, folder / f"{name}-{kind}.gguf", kind, name) for kind in types]
+    files = [model_gguf(folder, folder / f"{name}-{kind}.gguf", kind, name, recipe.strategy)
+             for kind in types]
     write_text_atomic(folder / "Modelfile", modelfile(files[0].name, recipe.format, tokenizer))
     if adapter:
         base = local_model_dir(final.base.name_or_path, final.base.revision)
-        model_gguf(base, folder / f"{name}-base-{types[0]}.gguf", types[0], f"{name}-base")
+        model_gguf(base, folder / f"{name}-base-{types[0]}.gguf", types[0], f"{name}-base", recipe.strategy)
         lora_gguf(final.adapter, base, folder / f"{name}-adapter-{types[0]}.gguf", types[0])
 
 

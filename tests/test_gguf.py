@@ -64,6 +64,7 @@ def test_the_files_carry_the_name_tags_end_token_and_a_modelfile(ggufs, small_ru
     tokenizer = AutoTokenizer.from_pretrained(ggufs)
     tokens = fields["tokenizer.ggml.tokens"].contents()
     assert fields["general.name"].contents() == "quickstart"
+    assert fields["general.finetune"].contents() == recipe.strategy  # not the export's temporary folder
     assert fields["tokenizer.ggml.pre"].contents() == "smollm"  # the built-in split, by its rule
     assert fields["tokenizer.ggml.eos_token_id"].contents() == tokenizer.eos_token_id
     for tag in recipe.format.tag_strings.all:  # added tags: real tokens of the file's vocabulary
@@ -149,7 +150,7 @@ def test_bad_gguf_requests_exit_2_naming_the_fault(ggufs, small_run, cli, tmp_pa
     stranger.mkdir()
     for name in ("tokenizer.json", "tokenizer_config.json", EXPORTED_RECIPE):
         (stranger / name).write_bytes((ggufs / name).read_bytes())
-    model_gguf(BUILTIN, stranger / "other.gguf", "f16", "other")
+    model_gguf(BUILTIN, stranger / "other.gguf", "f16", "other", "none")
     code, _, err = cli("eval", str(stranger / "other.gguf"), "--output", str(tmp_path / "e2"))
     assert code == 2 and "other.gguf: not a model of the tokenizer that renders its prompts" in err, err
     assert re.search(r"'<Thinking>' \(id \d+\) is past the file's vocabulary", err), err
@@ -158,7 +159,7 @@ def test_bad_gguf_requests_exit_2_naming_the_fault(ggufs, small_run, cli, tmp_pa
 def test_an_architecture_the_converter_lacks_is_named(tmp_path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["NoSuchModelForCausalLM"]}))
     with pytest.raises(UserError, match="no conversion for the architecture NoSuchModelForCausalLM"):
-        model_gguf(tmp_path, tmp_path / "out.gguf", "f16", "x")
+        model_gguf(tmp_path, tmp_path / "out.gguf", "f16", "x", "none")
 
 
 def test_a_converter_that_cannot_be_fetched_is_named(tmp_path, monkeypatch) -> None:

@@ -4,10 +4,12 @@ the k-quants (`q4_k_m`, …) through its quantizer, from the converter's 16-bit 
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from importlib.util import find_spec
 from pathlib import Path
@@ -35,20 +37,22 @@ def check_types(asked: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(asked))
 
 
-def model_gguf(model_dir: Path, out: Path, gguf_type: str, name: str) -> Path:
-    """`model_dir` (weights, config, tokenizer) as one GGUF file of `gguf_type`."""
-    args = ["--model-name", name]
-    if gguf_type in CONVERTER_TYPES:
-        run_converter(model_dir, "convert_hf_to_gguf.py", [str(model_dir), "--outtype", gguf_type,
-                                                           "--outfile", str(out), *args])
-        return out
-    whole = out.with_name(f"{out.stem}.unquantized.gguf")
-    run_converter(model_dir, "convert_hf_to_gguf.py", [str(model_dir), "--outtype", "auto",
-                                                       "--outfile", str(whole), *args])
-    try:
+def model_gguf(model_dir: Path, out: Path, gguf_type: str, name: str, finetune: str) -> Path:
+    """`model_dir` (weights, config, tokenizer) as one GGUF file of `gguf_type`, named `name`,
+    with `finetune` as its `general.finetune` (the converter would guess it from the folder's
+    name, which for an export is a temporary one)."""
+    with tempfile.TemporaryDirectory(dir=out.parent) as scratch:  # beside it: the 16-bit file is large
+        override = Path(scratch) / "metadata.json"
+        override.write_text(json.dumps({"general.finetune": finetune}), encoding="utf-8")
+        args = ["--model-name", name, "--metadata", str(override)]
+        if gguf_type in CONVERTER_TYPES:
+            run_converter(model_dir, "convert_hf_to_gguf.py", [str(model_dir), "--outtype", gguf_type,
+                                                               "--outfile", str(out), *args])
+            return out
+        whole = Path(scratch) / "unquantized.gguf"
+        run_converter(model_dir, "convert_hf_to_gguf.py", [str(model_dir), "--outtype", "auto",
+                                                           "--outfile", str(whole), *args])
         quantize(whole, out, gguf_type)
-    finally:
-        whole.unlink(missing_ok=True)
     return out
 
 
