@@ -38,7 +38,7 @@ def f16(ggufs):
 @pytest.fixture(scope="module")
 def prompts(ggufs, f16) -> list[list[int]]:
     """Eight evaluation prompts in the training format, as llama.cpp tokenizes them."""
-    from sftkey_lora.gguf.agreement import export_prompts
+    from sftkey_lora.evaluation.agreement import export_prompts
 
     return [f16.tokenize(text) for text in export_prompts(ggufs, 8)]
 
@@ -46,7 +46,7 @@ def prompts(ggufs, f16) -> list[list[int]]:
 @pytest.fixture(scope="module")
 def reference(ggufs, prompts) -> list[list[int]]:
     """transformers' greedy tokens on the safetensors export."""
-    from sftkey_lora.gguf.agreement import transformers_greedy
+    from sftkey_lora.evaluation.agreement import transformers_greedy
 
     return transformers_greedy(ggufs, prompts, 64)
 
@@ -82,7 +82,7 @@ def test_llama_cpp_tokenizes_the_training_texts_as_transformers(ggufs, f16) -> N
     """The built-in tokenizer converted under llama.cpp's `smollm` rule splits as it does."""
     from transformers import AutoTokenizer
 
-    from sftkey_lora.gguf.agreement import export_prompts
+    from sftkey_lora.evaluation.agreement import export_prompts
 
     tokenizer = AutoTokenizer.from_pretrained(ggufs)
     texts = [f"{prompt}<Thinking>Kofi has 12 apples and eats 3: 12 - 3 = 9.</Thinking><Answer>9</Answer>"
@@ -93,14 +93,14 @@ def test_llama_cpp_tokenizes_the_training_texts_as_transformers(ggufs, f16) -> N
 
 @pytest.mark.slow
 def test_f16_greedy_tokens_are_transformers_on_the_export(f16, prompts, reference) -> None:
-    from sftkey_lora.gguf.agreement import gguf_greedy
+    from sftkey_lora.evaluation.agreement import gguf_greedy
 
     assert gguf_greedy(f16, prompts, 64) == reference
 
 
 @pytest.mark.slow
 def test_the_base_with_the_adapter_gives_the_merged_files_tokens(ggufs, f16, prompts) -> None:
-    from sftkey_lora.gguf.agreement import gguf_greedy
+    from sftkey_lora.evaluation.agreement import gguf_greedy
     from sftkey_lora.gguf.lm import LlamaCppLM
 
     paired = LlamaCppLM(ggufs / "quickstart-base-f16.gguf", lora=ggufs / "quickstart-adapter-f16.gguf")
@@ -113,7 +113,7 @@ def test_quantized_files_mostly_keep_the_first_tokens(ggufs, prompts, reference,
                                                       least: int) -> None:
     """How often the first 32 tokens agree (the README gives the figures of a larger sample:
     63 and 62 of 64 prompts)."""
-    from sftkey_lora.gguf.agreement import agreement, gguf_greedy
+    from sftkey_lora.evaluation.agreement import agreement, gguf_greedy
     from sftkey_lora.gguf.lm import LlamaCppLM
 
     found = agreement(gguf_greedy(LlamaCppLM(ggufs / f"quickstart-{kind}.gguf"), prompts, 32), reference, 32)

@@ -104,7 +104,7 @@ def turns(smollm2_run) -> tuple[list[list[int]], list[list[int]]]:
     from transformers import AutoTokenizer
 
     from sftkey_lora.data.synthetic import synthetic_split
-    from sftkey_lora.gguf.agreement import transformers_greedy
+    from sftkey_lora.evaluation.agreement import transformers_greedy
     from sftkey_lora.prep.render import render_prompt
 
     recipe, record = smollm2_run
@@ -146,7 +146,7 @@ def test_llama_cpp_runs_its_gguf_as_transformers_runs_the_export(smollm2_run, tu
     f16-rounded weights alike)."""
     from transformers import AutoTokenizer
 
-    from sftkey_lora.gguf.agreement import agreement, gguf_greedy
+    from sftkey_lora.evaluation.agreement import agreement, gguf_greedy
     from sftkey_lora.gguf.lm import LlamaCppLM
 
     recipe, record = smollm2_run

@@ -87,7 +87,22 @@ def load_model(cfg: ModelConfig, precision: ResolvedPrecision, *, vocab_size: in
         kwargs["quantization_config"] = nf4_config(cfg, torch_dtype(precision))
     if torch.cuda.is_available():
         kwargs["device_map"] = {"": torch.cuda.current_device()}
-    return pretrained_model(cfg, vocab_size, dtype=torch_dtype(weights or precision), **kwargs)
+    model = pretrained_model(cfg, vocab_size, dtype=torch_dtype(weights or precision), **kwargs)
+    if cfg.quantization == "nf4":
+        same_4bit_arithmetic_on_every_cpu(model)
+    return model
+
+
+def same_4bit_arithmetic_on_every_cpu(model: Any) -> None:
+    """On a CPU with AVX512-BF16, bitsandbytes repacks 4-bit weights for its own kernel as soon
+    as a layer runs without gradients (evaluation, the merge's comparisons), with bf16 block
+    scales: other figures than training's dequantized weights (a merge KL of 8e-5 where it is
+    0), and a shape error on some layer sizes. Every CPU keeps the one arithmetic instead."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def pretrained_model(cfg: ModelConfig, vocab_size: int, **kwargs: Any):

@@ -1,7 +1,7 @@
 """How a GGUF's greedy tokens agree with transformers' on the export they came from, on the
 evaluation's own prompts: the figures the README states and the tests assert.
 
-    python -m sftkey_lora.gguf.agreement EXPORT_DIR [--n 32] [--tokens 32]
+    python -m sftkey_lora.evaluation.agreement EXPORT_DIR [--n 32] [--tokens 32]
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..gguf.lm import LlamaCppLM
 from ..rundir.layout import EXPORTED_RECIPE
-from .lm import LlamaCppLM
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,8 @@ class Agreement:
 
 def export_prompts(export: Path, n: int) -> list[str]:
     """The first `n` evaluation prompts of the export's task, rendered as in training."""
-    from ..evaluation.tasks import build_docs
     from ..recipe import validate_recipe
+    from .tasks import build_docs
 
     recipe = validate_recipe(json.loads((export / EXPORTED_RECIPE).read_text(encoding="utf-8")),
                              source=str(export / EXPORTED_RECIPE))
