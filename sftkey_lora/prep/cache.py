@@ -33,6 +33,7 @@ from ..data import Example
 from ..pinned import cache_home
 from ..progress import progress
 from ..recipe import FormatConfig
+from ..rundir.crashpoints import renamed
 from .masks import Encoded, encode_all
 
 VERSION = 1  # bump when the encoding of a row changes
@@ -123,7 +124,7 @@ def _write(folder: Path, rows: Sequence[Encoded]) -> None:
         for name in ARRAYS:
             np.save(temporary / f"{name}.npy", np.concatenate([getattr(row, name) for row in rows]))
         _set_aside(folder)  # an unreadable entry: a rename cannot replace a folder that has files
-        os.replace(temporary, folder)
+        renamed(temporary, folder, "cache entry")
     except OSError:
         pass  # another process stored the same entry first, or the folder cannot be written
     finally:
@@ -135,7 +136,7 @@ def _set_aside(folder: Path) -> None:
     """Move a broken entry out of the way under a temporary name of its own, then delete it."""
     if folder.exists():
         aside = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-        os.replace(folder, aside / "old")
+        renamed(folder, aside / "old", "cache entry set aside")
         shutil.rmtree(aside, ignore_errors=True)
 
 

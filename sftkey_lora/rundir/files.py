@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from .crashpoints import renamed
 from .layout import LOCK_NAME, OWNER_NAME, RunLayout, checkpoint_step, temporary
 
 
@@ -20,7 +21,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     """Write under a temporary name, then rename: a reader never sees half a file."""
     tmp = temporary(path)
     tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    renamed(tmp, path)
 
 
 def empty_temporary(final: Path, tag: str = "") -> Path:
@@ -48,8 +49,8 @@ def replace_dir(tmp: Path, final: Path) -> None:
     if old.exists():
         shutil.rmtree(old)
     if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
+        renamed(final, old, f"{final.name} set aside")
+    renamed(tmp, final)
     if old.exists():
         shutil.rmtree(old)
 

@@ -14,6 +14,7 @@ import torch
 from transformers import TrainerCallback
 
 from ..progress import progress
+from ..rundir.crashpoints import crash_point
 from ..rundir.layout import KEY_LOSS, THINKING_LOSS
 from .loss import segment_losses
 
@@ -80,3 +81,10 @@ class StageProgress(TrainerCallback):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+class CheckpointCrashPoint(TrainerCallback):
+    """The crash point `after checkpoint`: the Trainer has written a whole `checkpoint-N/`."""
+
+    def on_save(self, args, state, control, **kwargs):
+        crash_point("after checkpoint")

@@ -21,7 +21,7 @@ from ..rundir.outcomes import Change, StageOutcome
 from ..runtime.distributed import is_main, wait_for_everyone
 from ..runtime.hardware import peak_memory, reset_peak_memory
 from ..strategies import LabelKind
-from .callbacks import SegmentLossProbe, StageProgress
+from .callbacks import CheckpointCrashPoint, SegmentLossProbe, StageProgress
 from .guards import LossGuard, disk_full_stops
 from .loading import load_model
 from .lora import attach_lora, saves_without_embedding
@@ -53,7 +53,8 @@ def train_stage(step: StageStep, inputs: StageInputs, layout: RunLayout) -> Stag
     loss = _loss_kind(step, model, probe.batches[0])
     trainer = stage_trainer(model, step.training_args, inputs.train, tokenizer, step.labels,
                             loss=loss, packed=step.config.training.packing,
-                            callbacks=[probe, *_tensorboard(step), StageProgress(step.name)],
+                            callbacks=[probe, *_tensorboard(step), StageProgress(step.name),
+                                       CheckpointCrashPoint()],
                             guard=LossGuard(step.name, layout))
     resume = last_whole_checkpoint(layout)
     before = TrainerState.load_from_json(f"{resume}/trainer_state.json") if resume else TrainerState()
