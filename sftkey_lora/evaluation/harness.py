@@ -23,6 +23,7 @@ from ..output import RESULT, bars_disabled, route_library_logs
 from ..recipe import EvalConfig
 from ..rundir.files import empty_temporary, replace_dir, write_json_atomic
 from ..rundir.layout import RunLayout
+from ..rundir.manifest import damaged, write_manifest
 from .judge import Case, check_reachable, judge_all
 from .metrics import METRICS, score
 from .significance import combined_error, standard_error
@@ -144,5 +145,19 @@ def _write(out: RunLayout, metrics: dict[str, Any], samples: dict[str, list[dict
         with (tmp / out.samples_file(task).name).open("w", encoding="utf-8") as handle:
             for row in rows:
                 handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+    write_manifest(tmp)
     replace_dir(tmp, out.samples_dir)
     write_json_atomic(out.metrics_file, metrics)
+
+
+def damaged_evaluation(out: RunLayout, metrics: dict[str, Any]) -> Path | None:
+    """The first file of a recorded evaluation changed since it was written (samples against
+    their manifest, metrics.json against the metrics recorded in run.json); None if whole."""
+    broken = damaged(out.samples_dir)
+    if broken:
+        return out.samples_dir / broken[0]
+    try:
+        whole = json.loads(out.metrics_file.read_text(encoding="utf-8")) == metrics
+    except (OSError, ValueError):
+        whole = False
+    return None if whole else out.metrics_file

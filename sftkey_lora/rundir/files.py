@@ -11,6 +11,7 @@ from typing import Any
 
 from .crashpoints import renamed
 from .layout import LOCK_NAME, OWNER_NAME, RunLayout, checkpoint_step, temporary
+from .manifest import damaged
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -77,12 +78,13 @@ def remove_temporaries(root: Path) -> None:
 
 def is_whole(checkpoint: Path) -> bool:
     """The Trainer writes `trainer_state.json` last: a checkpoint without a readable one was
-    cut short (killed, disk full) while it was being saved."""
+    cut short (killed, disk full) while it was being saved. Its manifest, written after it,
+    finds a file damaged since."""
     try:
         state = json.loads((checkpoint / "trainer_state.json").read_text())
     except (OSError, ValueError):
         return False
-    return state.get("global_step") == checkpoint_step(checkpoint)
+    return state.get("global_step") == checkpoint_step(checkpoint) and not damaged(checkpoint)
 
 
 def remove_partial_checkpoints(layout: RunLayout) -> list[str]:

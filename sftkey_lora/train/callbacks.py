@@ -8,6 +8,7 @@ recorded whatever the stage trains on.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,7 +16,8 @@ from transformers import TrainerCallback
 
 from ..progress import progress
 from ..rundir.crashpoints import crash_point
-from ..rundir.layout import KEY_LOSS, THINKING_LOSS
+from ..rundir.layout import KEY_LOSS, THINKING_LOSS, RunLayout
+from ..rundir.manifest import write_manifest
 from .loss import segment_losses
 
 log = logging.getLogger(__name__)
@@ -83,8 +85,11 @@ class StageProgress(TrainerCallback):
             self.bar = None
 
 
-class CheckpointCrashPoint(TrainerCallback):
-    """The crash point `after checkpoint`: the Trainer has written a whole `checkpoint-N/`."""
+class CheckpointManifest(TrainerCallback):
+    """Once the Trainer has written a whole `checkpoint-N/`, its manifest (a resume checks the
+    checkpoint against it), then the crash point `after checkpoint`."""
 
     def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            write_manifest(RunLayout(Path(args.output_dir)).checkpoint(state.global_step))
         crash_point("after checkpoint")

@@ -17,11 +17,12 @@ from ..prep.collate import Collator, batches, pad_id
 from ..prep.masks import Encoded
 from ..rundir.files import empty_temporary, last_whole_checkpoint, replace_dir
 from ..rundir.layout import KEY_LOSS, THINKING_LOSS, RunLayout, temporary
+from ..rundir.manifest import write_manifest
 from ..rundir.outcomes import Change, StageOutcome
 from ..runtime.distributed import is_main, wait_for_everyone
 from ..runtime.hardware import peak_memory, reset_peak_memory
 from ..strategies import LabelKind
-from .callbacks import CheckpointCrashPoint, SegmentLossProbe, StageProgress
+from .callbacks import CheckpointManifest, SegmentLossProbe, StageProgress
 from .guards import LossGuard, disk_full_stops
 from .loading import load_model
 from .lora import attach_lora, saves_without_embedding
@@ -54,7 +55,7 @@ def train_stage(step: StageStep, inputs: StageInputs, layout: RunLayout) -> Stag
     trainer = stage_trainer(model, step.training_args, inputs.train, tokenizer, step.labels,
                             loss=loss, packed=step.config.training.packing,
                             callbacks=[probe, *_tensorboard(step), StageProgress(step.name),
-                                       CheckpointCrashPoint()],
+                                       CheckpointManifest()],
                             guard=LossGuard(step.name, layout))
     resume = last_whole_checkpoint(layout)
     before = TrainerState.load_from_json(f"{resume}/trainer_state.json") if resume else TrainerState()
@@ -157,6 +158,7 @@ def _save(trainer: Any, tokenizer: Any, final: Path, full: bool) -> None:
         trainer.model.save_pretrained(tmp)  # the adapter alone (`saves_without_embedding`)
     if is_main():
         tokenizer.save_pretrained(tmp)
+        write_manifest(tmp)
         replace_dir(tmp, final)
     wait_for_everyone()
 

@@ -1,0 +1,260 @@
+"""Kill a reduced quickstart `run` and `compare` with SIGKILL at instants spread over their
+wall time and at every named crash point (`sftkey_lora/rundir/crashpoints.py`), rerun the same
+command after each kill (some reruns are killed again), and check that what it ends with is
+identical to what an uninterrupted command wrote: the final adapters (max |diff| at most
+1e-6), `metrics.json`, the samples and `comparison.json`, with no temporary left behind.
+
+    python -m tests.crash_harness [--instants 20] [--compare-instants 8] [--work DIR]
+
+Prints a table of phase against instant against result; exits 1 if any result differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sftkey_lora.rundir.crashpoints import CRASH_AT, CRASH_LOG
+from sftkey_lora.rundir.layout import CompareLayout, RunLayout
+from tests.support import QUICKSTART, ROOT, as_set_flags
+
+TOLERANCE = 1e-6  # max |diff| of adapter weights
+# A reduced quickstart: several checkpoints per stage, a short evaluation.
+RUN = ["data.synthetic.n_train=40", "data.holdout=8", "format.system_prompt=", "training.batch_size=8",
+       "training.logging_steps=2", "training.save_steps=2", "stages.stage1.training.max_steps=6",
+       "stages.stage2.training.max_steps=4", "eval.tasks=[sftkey_synthetic]", "eval.limit=4",
+       "eval.max_gen_toks=48"]
+COMPARE = [*RUN, "stages.stage1.training.max_steps=4", "stages.stage2.training.max_steps=2"]
+SECOND_KILL_EVERY = 3  # every third instant's rerun is killed too, halfway through what is left
+
+
+@dataclass(frozen=True)
+class Subject:
+    """A command the harness kills, and how to read what it leaves."""
+
+    name: str
+    argv: Callable[[Path], list[str]]
+    runs: Callable[[Path], dict[str, RunLayout]]  # every run directory, by name
+    extra_json: tuple[str, ...] = ()  # files of the command's own, compared as JSON
+
+    def phase(self, out: Path) -> str:
+        """Where a kill left the command: the first run not finished, its last step recorded
+        and whether that step was running or done (the kill fell before the next began)."""
+        for name, layout in self.runs(out).items():
+            if not layout.run_file.is_file():
+                return f"{name}: start"
+            steps = json.loads(layout.run_file.read_text())["steps"]
+            if steps.get("eval", {}).get("status") != "complete":
+                if not steps:
+                    return f"{name}: data"
+                last, entry = list(steps.items())[-1]
+                return f"{name}: {last} {'done' if entry['status'] == 'complete' else 'running'}"
+        return "comparison" if self.extra_json else "done"
+
+
+def run_subject() -> Subject:
+    return Subject("run", lambda out: ["run", str(QUICKSTART), "--output", str(out), *as_set_flags(RUN)],
+                   lambda out: {"run": RunLayout(out)})
+
+
+def compare_subject(seeds: str = "0,1") -> Subject:
+    from sftkey_lora.comparison import COMPARED
+
+    def runs(out: Path) -> dict[str, RunLayout]:
+        layout = CompareLayout(out)
+        return {f"seed {seed} {name}": layout.run(name, int(seed)) for seed in seeds.split(",")
+                for name in COMPARED}
+
+    return Subject("compare", lambda out: ["compare", str(QUICKSTART), "--output", str(out), "--seeds", seeds,
+                                           *as_set_flags(COMPARE)],
+                   runs, extra_json=("comparison.json",))
+
+
+def attempt(subject: Subject, out: Path, kill_after: float | None = None, crash_at: str | None = None,
+            crash_log: Path | None = None, argv: list[str] | None = None) -> tuple[int, float]:
+    """The subject's command on `out` (or `argv`, its messages still kept beside `out`) once,
+    in a process group of its own, with the encoded-data cache beside `out`; SIGKILL to the
+    whole group after `kill_after` seconds. (exit code, negative for a signal; seconds)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SFTKEY_LORA_CACHE": str(out.parent / "cache")}
+    env.pop(CRASH_AT, None)
+    env.pop(CRASH_LOG, None)
+    if crash_at:
+        env[CRASH_AT] = crash_at
+    if crash_log:
+        env[CRASH_LOG] = str(crash_log)
+    started = time.perf_counter()
+    with (out.parent / f"{out.name}.stderr").open("a") as stderr:
+        command = [sys.executable, "-m", "sftkey_lora", *(argv or subject.argv(out))]
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
+                                   start_new_session=True)
+        try:
+            process.wait(timeout=kill_after)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    return process.returncode, time.perf_counter() - started
+
+
+def result(subject: Subject, out: Path) -> dict[str, Any]:
+    """What must come out the same: each run's final adapter, metrics, samples and logged
+    losses (each stage's history, before a kill and after), and the command's own JSON files."""
+    from safetensors.torch import load_file
+
+    found: dict[str, Any] = {}
+    for name, layout in subject.runs(out).items():
+        final = layout.stage_dir("stage2" if (layout.root / "stage2").is_dir() else "stage1")
+        found[f"{name} adapter"] = load_file(final / "adapter_model.safetensors")
+        found[f"{name} metrics"] = json.loads(layout.metrics_file.read_text())
+        steps = json.loads(layout.run_file.read_text())["steps"]
+        found[f"{name} losses"] = {stage: [_without_timings(entry) for entry in steps[stage]["log_history"]]
+                                   for stage in ("stage1", "stage2") if stage in steps}
+        found[f"{name} samples"] = {path.name: path.read_bytes()
+                                    for path in sorted(layout.samples_dir.iterdir())}
+    for file in subject.extra_json:
+        found[file] = json.loads((out / file).read_text())
+    return found
+
+
+def _without_timings(entry: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in entry.items() if "runtime" not in key and "per_second" not in key}
+
+
+def differences(expected: dict[str, Any], got: dict[str, Any]) -> list[str]:
+    """What differs, one short phrase each; none where the results are identical."""
+    found = []
+    for key, value in expected.items():
+        if key.endswith("adapter"):
+            other = got[key]
+            if value.keys() != other.keys():
+                found.append(f"{key}: other tensors")
+                continue
+            worst = max((value[name] - other[name]).abs().max().item() for name in value)
+            if worst > TOLERANCE:
+                found.append(f"{key}: max |diff| {worst:.2e}")
+        elif value != got[key]:
+            found.append(f"{key} differ")
+    return found
+
+
+def leftovers(out: Path) -> list[str]:
+    """Temporaries and set-aside folders: a finished command leaves none."""
+    return sorted(str(path.relative_to(out)) for path in out.rglob(".*")
+                  if path.name.endswith((".tmp", ".old")))
+
+
+@dataclass
+class Trial:
+    subject: str
+    at: str  # "12.3 s" or a crash point
+    phase: str
+    second: str  # where the rerun was killed too, if it was
+    outcome: str  # "identical", or what differs
+
+
+class Harness:
+    """One uninterrupted reference per subject, then kill after kill, each in a fresh folder."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.trials: list[Trial] = []
+        self.count = 0
+
+    def reference(self, subject: Subject) -> tuple[dict[str, Any], float, list[str]]:
+        """The uninterrupted command: its result, its wall time and the crash points it passes."""
+        out, log = self.work / f"{subject.name}-reference", self.work / f"{subject.name}-points.log"
+        code, seconds = attempt(subject, out, crash_log=log)
+        if code != 0:
+            raise SystemExit(f"the uninterrupted {subject.name} failed (exit {code}); see {out}.stderr")
+        return result(subject, out), seconds, log.read_text().split()
+
+    def trial(self, subject: Subject, expected: dict[str, Any], at: str, kill_after: float | None = None,
+              crash_at: str | None = None, second_after: float | None = None) -> Trial:
+        self.count += 1
+        out = self.work / f"{subject.name}-{self.count}"
+        code, _ = attempt(subject, out, kill_after=kill_after, crash_at=crash_at)
+        phase = subject.phase(out) if code == -signal.SIGKILL else "finished before the kill"
+        second = ""
+        if second_after is not None:
+            code, _ = attempt(subject, out, kill_after=second_after)
+            second = f"{subject.phase(out)} ({second_after:.1f} s in)" if code == -signal.SIGKILL else ""
+        code, _ = attempt(subject, out)
+        if code != 0:
+            outcome = f"rerun exit {code}: {_last_line(out.parent / f'{out.name}.stderr')}"
+        else:
+            problems = differences(expected, result(subject, out))
+            problems += [f"left {name}" for name in leftovers(out)]
+            outcome = "; ".join(problems) or "identical"
+        trial = Trial(subject.name, at, phase, second, outcome)
+        self.trials.append(trial)
+        print(f"{trial.subject:8} {trial.at:34} {trial.phase:28} {trial.second or '-':28} {trial.outcome}",
+              flush=True)
+        if outcome == "identical":
+            shutil.rmtree(out)
+        return trial
+
+    def instants(self, subject: Subject, n: int, expected: dict[str, Any], wall: float) -> None:
+        for i in range(n):
+            at = wall * (i + 0.5) / n
+            second = (wall - at) / 2 if i % SECOND_KILL_EVERY == SECOND_KILL_EVERY - 1 else None
+            self.trial(subject, expected, f"{at:.1f} s", kill_after=at, second_after=second)
+
+    def points(self, subject: Subject, expected: dict[str, Any], points: list[str]) -> None:
+        for point in points:
+            self.trial(subject, expected, point, crash_at=point)
+
+
+def _last_line(file: Path) -> str:
+    lines = [line for line in file.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1][:120] if lines else "(no message)"
+
+
+def first_passages(points: list[str]) -> list[str]:
+    """Each point's first passage (a comparison passes the same points once per run)."""
+    return [point for point in points if point.endswith("#1")]
+
+
+def table(trials: list[Trial]) -> str:
+    rows = ["| command | killed at | phase | killed again in | result |", "|---|---|---|---|---|"]
+    rows += [f"| {t.subject} | {t.at} | {t.phase} | {t.second or '-'} | {t.outcome} |" for t in trials]
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--instants", type=int, default=20, help="kills spread over `run` (default 20)")
+    parser.add_argument("--compare-instants", type=int, default=8,
+                        help="kills spread over `compare` (default 8)")
+    parser.add_argument("--no-points", action="store_true", help="leave out the named crash points")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="where the runs go (default: a temporary folder)")
+    args = parser.parse_args(argv)
+    work = args.work or Path(tempfile.mkdtemp(prefix="sftkey-crash-"))
+    work.mkdir(parents=True, exist_ok=True)
+    harness = Harness(work)
+    started = time.perf_counter()
+    for subject, n in ((run_subject(), args.instants), (compare_subject(), args.compare_instants)):
+        expected, wall, points = harness.reference(subject)
+        print(f"{subject.name}: uninterrupted {wall:.1f} s, {len(points)} crash-point passages", flush=True)
+        harness.instants(subject, n, expected, wall)
+        if not args.no_points:
+            harness.points(subject, expected, points if subject.name == "run" else first_passages(points))
+    print(f"\n{len(harness.trials)} kills in {time.perf_counter() - started:.0f} s\n")
+    print(table(harness.trials))
+    failed = [trial for trial in harness.trials if trial.outcome != "identical"]
+    print(f"\n{len(failed)} of {len(harness.trials)} differ" if failed else "\nevery rerun ended identical")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
