@@ -25,13 +25,13 @@ from .prep.collate import Collator, batches, pad_id
 from .prep.masks import Encoded
 from .prep.prepare import encode_examples
 from .recipe import Recipe
+from .rundir.diskfull import disk_full_stops
 from .rundir.files import remove_checkpoints, remove_partial_checkpoints
 from .rundir.layout import EVAL_STEP, RunLayout
 from .rundir.lock import holding
 from .rundir.outcomes import EvalOutcome, summary_table
 from .rundir.record import RunRecord
 from .runtime.distributed import is_main, wait_for_everyone
-from .train.guards import disk_full_stops
 from .train.plan import MergeStep, RunPlan, StageStep, TrainingStep, check_reporters, damaged_output, plan_run
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def run_recipe(recipe: Recipe, run_dir: Path, fresh: bool = False) -> RunRecord:
     layout = RunLayout(run_dir)
     with holding(layout.claim):
         record = RunRecord.open(layout, recipe, fresh)
-        with logged_to(layout.log_file) if is_main() else nullcontext():
+        with logged_to(layout.log_file) if is_main() else nullcontext(), disk_full_stops("run", run_dir):
             _run_steps(recipe, record)
     return record
 
@@ -156,7 +156,7 @@ class _Execution:
             probe = list(batches(self.data[1], step.probe_batch_size,
                                  Collator(pad_id(tokenizer), "full", with_segments=True)))
             self.record.start(step.name)
-            with disk_full_stops(step.name, self.plan.layout):
+            with disk_full_stops(step.name, self.plan.layout.root):
                 outcome = merge_stage1(step, tokenizer, probe)
             self.record.complete(step.name, outcome)
         wait_for_everyone()

@@ -171,6 +171,25 @@ def test_eval_command_reevaluates_a_run(small_run, cli, tmp_path) -> None:
     assert json.loads((copy / "run.json").read_text())["recipe"]["eval"]["alpha"] == 0.5
 
 
+@slow
+def test_a_full_disk_while_evaluating_keeps_the_earlier_evaluation(small_run, cli, tmp_path,
+                                                                   monkeypatch) -> None:
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(small_run[1].run_dir, copy)
+    before = {path: path.read_bytes() for path in [copy / "metrics.json", *(copy / "samples").iterdir()]}
+
+    def full(folder):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("sftkey_lora.evaluation.harness.write_manifest", full)
+    code, _, err = cli("eval", str(copy), "--limit", "2")
+    assert code == 2 and f"eval: the disk holding {copy} is full" in err and "Traceback" not in err
+    assert {path: path.read_bytes() for path in before} == before
+    assert not list(copy.glob(".*.tmp"))
+
+
 def test_eval_refuses_an_unfinished_run_and_a_missing_model(cli, tmp_path) -> None:
     from sftkey_lora.rundir.layout import RunLayout
     from sftkey_lora.rundir.record import RunRecord

@@ -21,8 +21,9 @@ from typing import Any
 from ..errors import UserError
 from ..output import RESULT, bars_disabled, route_library_logs
 from ..recipe import EvalConfig
-from ..rundir.files import empty_temporary, replace_dir, write_json_atomic
-from ..rundir.layout import RunLayout
+from ..rundir.crashpoints import renamed
+from ..rundir.files import empty_temporary, json_text, replace_dir
+from ..rundir.layout import RunLayout, temporary
 from ..rundir.manifest import damaged, write_manifest
 from .judge import Case, check_reachable, judge_all
 from .metrics import METRICS, score
@@ -135,10 +136,10 @@ def grade_samples(records: list[dict[str, Any]], cfg: EvalConfig
 
 
 def _write(out: RunLayout, metrics: dict[str, Any], samples: dict[str, list[dict[str, Any]]]) -> None:
-    """Samples and metrics as one unit: metrics.json goes first and comes back last, so a
-    metrics.json always has its own samples beside it (a kill between leaves none to read)."""
+    """Samples and metrics as one unit: both are written in full under temporary names first
+    (a full disk stops there, the earlier evaluation untouched); then metrics.json goes and
+    comes back last, so a metrics.json always has its own samples beside it."""
     out.root.mkdir(parents=True, exist_ok=True)
-    out.metrics_file.unlink(missing_ok=True)
     tmp = empty_temporary(out.samples_dir)
     tmp.mkdir()
     for task, rows in samples.items():
@@ -146,8 +147,11 @@ def _write(out: RunLayout, metrics: dict[str, Any], samples: dict[str, list[dict
             for row in rows:
                 handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
     write_manifest(tmp)
+    metrics_tmp = temporary(out.metrics_file)
+    metrics_tmp.write_text(json_text(metrics), encoding="utf-8")
+    out.metrics_file.unlink(missing_ok=True)
     replace_dir(tmp, out.samples_dir)
-    write_json_atomic(out.metrics_file, metrics)
+    renamed(metrics_tmp, out.metrics_file)
 
 
 def damaged_evaluation(out: RunLayout, metrics: dict[str, Any]) -> Path | None:

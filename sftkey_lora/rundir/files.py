@@ -14,8 +14,13 @@ from .layout import LOCK_NAME, OWNER_NAME, RunLayout, checkpoint_step, temporary
 from .manifest import damaged
 
 
+def json_text(data: Any) -> str:
+    """How every JSON file of the kit is laid out."""
+    return json.dumps(data, indent=1, ensure_ascii=False) + "\n"
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    write_text_atomic(path, json_text(data))
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from ..prep.collate import Collator, batches, pad_id
 from ..prep.masks import Encoded
+from ..rundir.diskfull import disk_full_stops
 from ..rundir.files import empty_temporary, last_whole_checkpoint, replace_dir
 from ..rundir.layout import KEY_LOSS, THINKING_LOSS, RunLayout, temporary
 from ..rundir.manifest import write_manifest
@@ -23,7 +24,7 @@ from ..runtime.distributed import is_main, wait_for_everyone
 from ..runtime.hardware import peak_memory, reset_peak_memory
 from ..strategies import LabelKind
 from .callbacks import CheckpointManifest, SegmentLossProbe, StageProgress
-from .guards import LossGuard, disk_full_stops
+from .guards import LossGuard
 from .loading import load_model
 from .lora import attach_lora, saves_without_embedding
 from .loss import LabelledLogitsLoss, causal_lm_loss, projects_directly
@@ -59,7 +60,7 @@ def train_stage(step: StageStep, inputs: StageInputs, layout: RunLayout) -> Stag
                             guard=LossGuard(step.name, layout))
     resume = last_whole_checkpoint(layout)
     before = TrainerState.load_from_json(f"{resume}/trainer_state.json") if resume else TrainerState()
-    with disk_full_stops(step.name, layout):
+    with disk_full_stops(step.name, layout.root):
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         _save(trainer, tokenizer, step.output, step.full)
     tokens = trainer.state.num_input_tokens_seen - before.num_input_tokens_seen
