@@ -157,7 +157,7 @@ def _write(out: RunLayout, metrics: dict[str, Any], samples: dict[str, list[dict
 def damaged_evaluation(out: RunLayout, metrics: dict[str, Any]) -> Path | None:
     """The first file of a recorded evaluation changed since it was written (samples against
     their manifest, metrics.json against the metrics recorded in run.json); None if whole."""
-    broken = damaged(out.samples_dir)
+    broken = damaged(out.samples_dir) if out.samples_dir.is_dir() else ["."]
     if broken:
         return out.samples_dir / broken[0]
     try:

@@ -42,9 +42,10 @@ def has_manifest(folder: Path) -> bool:
 
 def damaged(folder: Path) -> list[str]:
     """The files of `folder` that are missing or differ from its manifest (the manifest's own
-    name where it cannot be read); none for a whole folder or one without a manifest."""
+    name where it cannot be read); none for a whole folder, or one without a manifest (also
+    none at all: the callers say whether the folder must exist)."""
     if not has_manifest(folder):
-        return [] if folder.is_dir() else [folder.name]
+        return []
     try:
         files = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
         recorded = {name: (int(entry["size"]), str(entry["sha256"])) for name, entry in files.items()}
@@ -64,6 +65,6 @@ def damaged(folder: Path) -> list[str]:
 def refuse_damaged_export(folder: Path, name: str | None = None) -> None:
     """A model directory with a manifest (an export) is loaded only as it was written: all of
     it, or with `name` that one file (a GGUF of it)."""
-    broken = [found for found in damaged(folder) if name in (None, found)] if folder.is_dir() else []
+    broken = [found for found in damaged(folder) if name in (None, found)]
     if broken:
         raise UserError(f"{folder / broken[0]}: changed since it was written; export the run again")

@@ -132,7 +132,9 @@ def damaged_output(plan: RunPlan, complete: Callable[[str], bool]) -> tuple[int,
     """The first complete step whose output changed since it was written (a file cut short,
     zeroed or garbled): its index in the plan and the file."""
     for i, step in enumerate(plan.steps):
-        broken = damaged(step.output) if complete(step.name) else []
+        if not complete(step.name):
+            continue
+        broken = damaged(step.output) if step.output.is_dir() else ["."]
         if broken:
             return i, step.output / broken[0]
     return None
