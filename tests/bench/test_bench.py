@@ -28,7 +28,11 @@ def test_every_contender_trains_the_same_model_on_the_same_labels() -> None:
     assert set(report) == {"stage1", "stage2"}
     for stage in ("stage1", "stage2"):
         figures = report[stage]["contenders"]
-        assert set(figures) == {"sftkey", "trl", "plain"}
+        assert set(figures) == {"sftkey", "trl", "plain", "floor"}
+        # The floor has no head: its step is the backbone's alone, below every trainer's.
+        assert figures["floor"]["peak_mem_mb"] < figures["plain"]["peak_mem_mb"]
+        assert report[stage]["floor_step_time_ratio"] == pytest.approx(
+            figures["sftkey"]["step_time_s"] / figures["floor"]["step_time_s"], abs=1e-3)
         for result in figures.values():
             assert len(result["losses"]) == 3  # one warm-up step and two timed ones
             assert result["step_time_s"] > 0 and result["peak_mem_mb"] > 0
@@ -92,3 +96,9 @@ def test_a_real_models_workload_takes_its_dimensions(smollm2_dir) -> None:
     assert (workload.layers, workload.hidden_size, workload.heads, workload.kv_heads,
             workload.intermediate_size, workload.vocab_size) == (30, 576, 9, 3, 1536, 49152)
     assert Workload().of_model() == Workload()
+
+
+def test_the_floor_has_no_loss_to_agree_with() -> None:
+    out = ratios({"sftkey": measured(1.0, 500, 2.0), "trl": measured(4.0, 1000, 2.0),
+                  "floor": measured(0.8, 400, 0.01)})
+    assert out["losses_agree"] and out["floor_step_time_ratio"] == 1.25
