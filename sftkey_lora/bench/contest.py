@@ -38,7 +38,7 @@ def run_bench(workload: Workload, contenders: Sequence[str] = CONTENDERS,
         for stage in STAGES:
             for contender in contenders:
                 progress(f"{stage} {contender} ...")
-                results[stage][contender] = _measure_apart(workload, model_dir, contender, stage)
+                results[stage][contender] = measure_apart(workload, model_dir, contender, stage)
     return {stage: {**ratios(figures), "contenders": figures} for stage, figures in results.items()}
 
 
@@ -51,14 +51,16 @@ def default_contenders() -> list[str]:
     return list(CONTENDERS) + (["unsloth"] if cuda_available() and find_spec("unsloth") else [])
 
 
-def _measure_apart(workload: Workload, model_dir: Path, contender: str, stage: str) -> dict[str, Any]:
+def measure_apart(workload: Workload, model_dir: Path, contender: str, stage: str,
+                  timeout: float | None = None) -> dict[str, Any]:
+    """One contender on one stage in a process of its own (its peak memory is its own)."""
     args = [workload.to_json(), str(model_dir), contender, stage]
     # unsloth patches transformers only if it is imported first.
     worker = "sftkey_lora.bench.worker"
     start = (["-c", f"import unsloth, runpy; runpy.run_module('{worker}', run_name='__main__')"]
              if contender == "unsloth" else ["-m", worker])
     command = [sys.executable, *start, *args]
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-5:])
         raise UserError(f"bench: {contender} on {stage} failed (exit {done.returncode}):\n{tail}")
