@@ -118,3 +118,27 @@ def test_a_reporter_that_cannot_report_stops_the_run_before_it_loads(cli, tmp_pa
                        f"--set=training.report_to=[{name}]")
     assert code == 2 and says in err and "Traceback" not in err
     assert not (tmp_path / "run" / "stage1").exists()
+
+
+def test_a_finished_stage_leaves_no_part_of_its_model_alive(tmp_path) -> None:
+    """With an 8-bit bitsandbytes optimizer the Trainer registers the embedding in bitsandbytes'
+    process-wide manager; once the stage returns, that embedding must be collectable."""
+    import gc
+    import weakref
+
+    import sftkey_lora.train.stage as stage_module
+
+    plan, inputs = prepared(tmp_path, "training.optimizer=adamw_bnb_8bit")
+    made = []
+    real = stage_module._stage_model
+
+    def kept_an_eye_on(*args, **kwargs):
+        model = real(*args, **kwargs)
+        made.append(weakref.ref(model.get_input_embeddings()))
+        return model
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(stage_module, "_stage_model", kept_an_eye_on)
+        train_stage(plan.stages[0], inputs, plan.layout)
+    gc.collect()
+    assert made and made[0]() is None
