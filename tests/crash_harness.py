@@ -126,8 +126,13 @@ def result(subject: Subject, out: Path) -> dict[str, Any]:
     return found
 
 
+# The Trainer's end-of-training summary: wall times, and `train_loss`, its mean over the steps
+# this process trained (after a resume, only those since the checkpoint).
+SUMMARY = ("runtime", "per_second", "train_loss")
+
+
 def _without_timings(entry: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in entry.items() if "runtime" not in key and "per_second" not in key}
+    return {key: value for key, value in entry.items() if not any(word in key for word in SUMMARY)}
 
 
 def differences(expected: dict[str, Any], got: dict[str, Any]) -> list[str]:
@@ -176,7 +181,7 @@ class Harness:
         code, seconds = attempt(subject, out, crash_log=log)
         if code != 0:
             raise SystemExit(f"the uninterrupted {subject.name} failed (exit {code}); see {out}.stderr")
-        return result(subject, out), seconds, log.read_text().split()
+        return result(subject, out), seconds, log.read_text().splitlines()
 
     def trial(self, subject: Subject, expected: dict[str, Any], at: str, kill_after: float | None = None,
               crash_at: str | None = None, second_after: float | None = None) -> Trial:

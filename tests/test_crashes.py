@@ -43,11 +43,16 @@ def test_a_kill_mid_run_and_another_in_its_rerun_end_identical(harness) -> None:
     assert trial.second and trial.outcome == "identical"
 
 
+@pytest.fixture(scope="module")
+def catalogue(harness):
+    runner, _, _, _ = harness
+    prepared = Catalogue(runner.work / "torn")
+    prepared.prepare({"killed"}, finished=runner.work / "run-reference")
+    return prepared
+
+
 @pytest.mark.parametrize(("kind", "damage"), [("samples", "zeroed"), ("run.json", "garbled"),
                                               ("checkpoint: optimizer state", "cut")])
-def test_torn_files_are_rebuilt_or_refused(harness, kind, damage) -> None:
-    runner, _, _, _ = harness
-    catalogue = Catalogue(runner.work / "torn")
-    catalogue.prepare({"killed"}, finished=runner.work / "run-reference")
+def test_torn_files_are_rebuilt_or_refused(catalogue, kind, damage) -> None:
     row = catalogue.case(next(found for found in KINDS if found.name == kind), damage)
     assert row.holds, row.outcome
