@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,11 @@ RUN = ["data.synthetic.n_train=40", "data.holdout=8", "format.system_prompt=", "
        "stages.stage2.training.max_steps=4", "eval.tasks=[sftkey_synthetic]", "eval.limit=4",
        "eval.max_gen_toks=48"]
 COMPARE = [*RUN, "stages.stage1.training.max_steps=4", "stages.stage2.training.max_steps=2"]
+# One named point in every phase, each in the rerun after the kill before (the counts are
+# per process): stage 1, the merge, stage 2, the evaluation, the report.
+RELAY = {"after checkpoint#2": "run: stage1 running", "before stage1-merged#1": "run: merge running",
+         "after checkpoint#1": "run: stage2 running", "before samples#1": "run: eval running",
+         "after report.md#1": "run: eval running"}
 SECOND_KILL_EVERY = 3  # every third instant's rerun is killed too, halfway through what is left
 
 
@@ -117,8 +122,10 @@ def result(subject: Subject, out: Path) -> dict[str, Any]:
         found[f"{name} adapter"] = load_file(final / "adapter_model.safetensors")
         found[f"{name} metrics"] = json.loads(layout.metrics_file.read_text())
         steps = json.loads(layout.run_file.read_text())["steps"]
+        trained = [stage for stage in ("stage1", "stage2") if stage in steps]
         found[f"{name} losses"] = {stage: [_without_timings(entry) for entry in steps[stage]["log_history"]]
-                                   for stage in ("stage1", "stage2") if stage in steps}
+                                   for stage in trained}
+        found[f"{name} train_loss"] = {stage: steps[stage]["train_loss"] for stage in trained}
         found[f"{name} samples"] = {path.name: path.read_bytes()
                                     for path in sorted(layout.samples_dir.iterdir())}
     for file in subject.extra_json:
@@ -163,7 +170,7 @@ class Trial:
     subject: str
     at: str  # "12.3 s" or a crash point
     phase: str
-    second: str  # where the rerun was killed too, if it was
+    second: str  # where the reruns were killed too, if they were
     outcome: str  # "identical", or what differs
 
 
@@ -183,16 +190,20 @@ class Harness:
             raise SystemExit(f"the uninterrupted {subject.name} failed (exit {code}); see {out}.stderr")
         return result(subject, out), seconds, log.read_text().splitlines()
 
-    def trial(self, subject: Subject, expected: dict[str, Any], at: str, kill_after: float | None = None,
-              crash_at: str | None = None, second_after: float | None = None) -> Trial:
+    def trial(self, subject: Subject, expected: dict[str, Any], at: str,
+              kills: Sequence[float | str]) -> Trial:
+        """The command on a fresh folder killed once per entry of `kills` (after so many
+        seconds, or at a named crash point), each kill in the rerun of the one before, then
+        run to its end and compared with the uninterrupted result."""
         self.count += 1
         out = self.work / f"{subject.name}-{self.count}"
-        code, _ = attempt(subject, out, kill_after=kill_after, crash_at=crash_at)
-        phase = subject.phase(out) if code == -signal.SIGKILL else "finished before the kill"
-        second = ""
-        if second_after is not None:
-            code, _ = attempt(subject, out, kill_after=second_after)
-            second = f"{subject.phase(out)} ({second_after:.1f} s in)" if code == -signal.SIGKILL else ""
+        phases = []
+        for kill in kills:
+            timed = isinstance(kill, float)
+            code, _ = attempt(subject, out, kill_after=kill if timed else None,
+                              crash_at=None if timed else kill)
+            phase = subject.phase(out) if code == -signal.SIGKILL else "finished before the kill"
+            phases.append(f"{phase} ({kill:.1f} s in)" if timed and phases else phase)
         code, _ = attempt(subject, out)
         if code != 0:
             outcome = f"rerun exit {code}: {_last_line(out.parent / f'{out.name}.stderr')}"
@@ -200,7 +211,7 @@ class Harness:
             problems = differences(expected, result(subject, out))
             problems += [f"left {name}" for name in leftovers(out)]
             outcome = "; ".join(problems) or "identical"
-        trial = Trial(subject.name, at, phase, second, outcome)
+        trial = Trial(subject.name, at, phases[0], "; ".join(phases[1:]), outcome)
         self.trials.append(trial)
         print(f"{trial.subject:8} {trial.at:34} {trial.phase:28} {trial.second or '-':28} {trial.outcome}",
               flush=True)
@@ -211,12 +222,12 @@ class Harness:
     def instants(self, subject: Subject, n: int, expected: dict[str, Any], wall: float) -> None:
         for i in range(n):
             at = wall * (i + 0.5) / n
-            second = (wall - at) / 2 if i % SECOND_KILL_EVERY == SECOND_KILL_EVERY - 1 else None
-            self.trial(subject, expected, f"{at:.1f} s", kill_after=at, second_after=second)
+            again = [(wall - at) / 2] if i % SECOND_KILL_EVERY == SECOND_KILL_EVERY - 1 else []
+            self.trial(subject, expected, f"{at:.1f} s", [at, *again])
 
     def points(self, subject: Subject, expected: dict[str, Any], points: list[str]) -> None:
         for point in points:
-            self.trial(subject, expected, point, crash_at=point)
+            self.trial(subject, expected, point, [point])
 
 
 def _last_line(file: Path) -> str:
@@ -252,8 +263,11 @@ def main(argv: list[str] | None = None) -> int:
         expected, wall, points = harness.reference(subject)
         print(f"{subject.name}: uninterrupted {wall:.1f} s, {len(points)} crash-point passages", flush=True)
         harness.instants(subject, n, expected, wall)
-        if not args.no_points:
-            harness.points(subject, expected, points if subject.name == "run" else first_passages(points))
+        if args.no_points:
+            continue
+        harness.points(subject, expected, points if subject.name == "run" else first_passages(points))
+        if subject.name == "run":
+            harness.trial(subject, expected, "each phase in turn", list(RELAY))
     print(f"\n{len(harness.trials)} kills in {time.perf_counter() - started:.0f} s\n")
     print(table(harness.trials))
     failed = [trial for trial in harness.trials if trial.outcome != "identical"]

@@ -87,7 +87,13 @@ class StageProgress(TrainerCallback):
 
 class CheckpointManifest(TrainerCallback):
     """Once the Trainer has written a whole `checkpoint-N/`, its manifest (a resume checks the
-    checkpoint against it), then the crash point `after checkpoint`."""
+    checkpoint against it), then the crash point `after checkpoint`. A step that saves also
+    logs, so a checkpoint's history holds the loss of every step before it (`train_loss`
+    after a resume is made from it)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save:
+            control.should_log = True
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:

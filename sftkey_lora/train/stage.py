@@ -7,6 +7,7 @@ stage that finds some resumes from the last one.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -30,6 +31,8 @@ from .loading import load_model
 from .lora import attach_lora, saves_without_embedding
 from .loss import LabelledLogitsLoss, causal_lm_loss, projects_directly
 from .plan import StageStep
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,8 @@ def train_stage(step: StageStep, inputs: StageInputs, layout: RunLayout) -> Stag
                             guard=LossGuard(step.name, layout))
     resume = last_whole_checkpoint(layout)
     before = TrainerState.load_from_json(f"{resume}/trainer_state.json") if resume else TrainerState()
+    if resume:
+        log.info(f"{step.name}: resuming from {resume.name}")
     try:
         with disk_full_stops(step.name, layout.root):
             result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -76,11 +81,25 @@ def train_stage(step: StageStep, inputs: StageInputs, layout: RunLayout) -> Stag
         resumed_from=resume.name if resume else None,
         seconds=round(time.perf_counter() - started, 1), train_seconds=round(train_seconds, 1),
         tokens=int(tokens), tokens_per_second=round(tokens / train_seconds, 1), **peak_memory(),
-        train_loss=round(result.training_loss, 5),
+        train_loss=round(mean_train_loss(result.training_loss, history, before.global_step,
+                                         trainer.state.global_step), 5),
         heldout_key_loss=Change(before=probes[0][KEY_LOSS], after=probes[-1][KEY_LOSS]),
         heldout_thinking_loss=Change(before=probes[0][THINKING_LOSS], after=probes[-1][THINKING_LOSS]),
         log_history=history,
     )
+
+
+def mean_train_loss(process_mean: float, history: list[dict[str, Any]], resumed_at: int,
+                    steps: int) -> float:
+    """The training loss averaged over all of the stage's steps. The Trainer's own figure sums
+    only the steps this process trained (after a resume, those since the checkpoint) and divides
+    by all of them; the steps before come from the checkpoint's logs, which end at it."""
+    before, logged = 0.0, 0
+    for entry in history:
+        if "loss" in entry and entry["step"] <= resumed_at:
+            before += entry["loss"] * (entry["step"] - logged)
+            logged = entry["step"]
+    return process_mean + before / steps
 
 
 def forget_optimizer_overrides() -> None:

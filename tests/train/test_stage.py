@@ -72,6 +72,9 @@ def test_a_stage_resumes_from_its_last_whole_checkpoint(tmp_path) -> None:
     logged = [entry for entry in first.log_history if "loss" in entry]  # steps 2 and 4, probes included
     assert [entry["step"] for entry in logged] == [2, 4]
     assert again.log_history[: len(logged) + 1] == first.log_history[: len(logged) + 1]  # kept as it was
+    # Its training loss is the mean over all six steps, not only the two trained after the resume.
+    losses = [entry["loss"] for entry in again.log_history if "loss" in entry]  # steps 2, 4 and 6
+    assert len(losses) == 3 and again.train_loss == pytest.approx(sum(losses) / 3, abs=1e-5)
 
 
 @pytest.mark.slow  # bf16 arithmetic on a CPU: two stages of about 5 s each
