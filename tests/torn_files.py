@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.crash_harness import attempt, differences, leftovers, result, run_subject
+from tests.crash_harness import attempt, leftovers, result, run_subject, verdict
 
 CHECKPOINT = "after checkpoint#2"  # the killed run: stage 1 stopped once its second checkpoint was whole
 
@@ -149,10 +149,12 @@ class Catalogue:
         elif code != 0:
             outcome, holds = f"exit {code}: {said}", False
         else:
-            problems = differences(self.expected, result(self.subject, copy)) if kind.reader == "run" else []
-            problems += [f"left {name}" for name in leftovers(copy)]
-            outcome = f"rebuilt ({said})" + (f"; {'; '.join(problems)}" if problems else "; identical")
-            holds = kind.expect == REBUILT and not problems
+            if kind.reader == "run":
+                found = verdict(self.expected, result(self.subject, copy), copy)
+            else:
+                found = "; ".join(f"left {name}" for name in leftovers(copy)) or "identical"
+            outcome = f"rebuilt ({said}); {found}"
+            holds = kind.expect == REBUILT and found.startswith("identical")
         if saved_cache.exists():
             shutil.rmtree(cache)
             saved_cache.rename(cache)
