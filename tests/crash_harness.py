@@ -152,19 +152,14 @@ def adapter_gap(expected: dict[str, Any], got: dict[str, Any]) -> float:
     return max(gaps)
 
 
-def differences(expected: dict[str, Any], got: dict[str, Any]) -> list[str]:
-    """What differs, one short phrase each; none where the results are the same (the adapters
-    within TOLERANCE, everything else exactly)."""
-    gap = adapter_gap(expected, got)
-    found = [f"adapters: max |diff| {gap:.2e}"] if gap > TOLERANCE else []
-    return found + [f"{key} differ" for key, value in expected.items()
-                    if not key.endswith("adapter") and value != got[key]]
-
-
 def verdict(expected: dict[str, Any], got: dict[str, Any], out: Path) -> str:
-    """`identical` (every adapter weight bit for bit), `identical within GAP`, or what differs."""
-    problems = differences(expected, got) + [f"left {name}" for name in leftovers(out)]
+    """`identical` (every adapter weight bit for bit, everything else exactly), `identical
+    within GAP` (the adapters within TOLERANCE), or what differs, one short phrase each."""
     gap = adapter_gap(expected, got)
+    problems = [f"adapters: max |diff| {gap:.2e}"] if gap > TOLERANCE else []
+    problems += [f"{key} differ" for key, value in expected.items()
+                 if not key.endswith("adapter") and value != got[key]]
+    problems += [f"left {name}" for name in leftovers(out)]
     return "; ".join(problems) or ("identical" if gap == 0 else f"identical within {gap:.1e}")
 
 
