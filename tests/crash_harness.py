@@ -1,10 +1,12 @@
 """Kill a reduced quickstart `run` and `compare` with SIGKILL at instants spread over their
-wall time and at every named crash point (`sftkey_lora/rundir/crashpoints.py`), rerun the same
+wall time and at named crash points (`sftkey_lora/rundir/crashpoints.py`: every passage of a
+`run`; of a `compare`, those its runs do not share with a `run`, and the last), rerun the same
 command after each kill (some reruns are killed again), and check that what it ends with is
 identical to what an uninterrupted command wrote: the final adapters (max |diff| at most
 1e-6), `metrics.json`, the samples and `comparison.json`, with no temporary left behind.
 
-    python -m tests.crash_harness [--instants 20] [--compare-instants 8] [--work DIR]
+    python -m tests.crash_harness [--instants 20] [--compare-instants 8] [--subject run|compare]
+                                  [--no-points] [--work DIR]
 
 Prints a table of phase against instant against result; exits 1 if any result differs.
 """
@@ -237,9 +239,27 @@ def _last_line(file: Path) -> str:
     return lines[-1][:120] if lines else "(no message)"
 
 
-def first_passages(points: list[str]) -> list[str]:
-    """Each point's first passage (a comparison passes the same points once per run)."""
-    return [point for point in points if point.endswith("#1")]
+def compare_passages(points: list[str], run_points: list[str]) -> list[str]:
+    """The passages of a comparison worth a kill of their own: the first of each point a
+    single `run` never passes, and the last of every point (its last run, every run before it
+    finished). The first passages of the others fall in its first run, which is a `run`."""
+    own = {_name(point) for point in run_points}
+    last = {_name(point): point for point in points}
+    chosen = set(last.values())
+    chosen |= {point for point in points if point.endswith("#1") and _name(point) not in own}
+    return [point for point in points if point in chosen]
+
+
+def _name(passage: str) -> str:
+    return passage.rsplit("#", 1)[0]
+
+
+def _run_points(harness: Harness) -> list[str]:
+    """The points an uninterrupted `run` passes, when the harness was asked not to kill it."""
+    log = harness.work / "run-points.log"
+    if not log.is_file():
+        attempt(run_subject(), harness.work / "run-points", crash_log=log)
+    return log.read_text().splitlines()
 
 
 def table(trials: list[Trial]) -> str:
@@ -254,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare-instants", type=int, default=8,
                         help="kills spread over `compare` (default 8)")
     parser.add_argument("--no-points", action="store_true", help="leave out the named crash points")
+    parser.add_argument("--subject", choices=("run", "compare"), default=None,
+                        help="kill only this command (default: both)")
     parser.add_argument("--work", type=Path, default=None,
                         help="where the runs go (default: a temporary folder)")
     args = parser.parse_args(argv)
@@ -261,15 +283,21 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     harness = Harness(work)
     started = time.perf_counter()
+    run_points: list[str] = []
     for subject, n in ((run_subject(), args.instants), (compare_subject(), args.compare_instants)):
+        if args.subject not in (None, subject.name):
+            continue
         expected, wall, points = harness.reference(subject)
         print(f"{subject.name}: uninterrupted {wall:.1f} s, {len(points)} crash-point passages", flush=True)
         harness.instants(subject, n, expected, wall)
         if args.no_points:
             continue
-        harness.points(subject, expected, points if subject.name == "run" else first_passages(points))
         if subject.name == "run":
+            run_points = points
+            harness.points(subject, expected, points)
             harness.trial(subject, expected, "each phase in turn", list(RELAY))
+        else:
+            harness.points(subject, expected, compare_passages(points, run_points or _run_points(harness)))
     print(f"\n{len(harness.trials)} kills in {time.perf_counter() - started:.0f} s\n")
     print(table(harness.trials))
     failed = [trial for trial in harness.trials if not trial.outcome.startswith("identical")]
