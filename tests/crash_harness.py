@@ -123,8 +123,7 @@ def result(subject: Subject, out: Path) -> dict[str, Any]:
         found[f"{name} metrics"] = json.loads(layout.metrics_file.read_text())
         steps = json.loads(layout.run_file.read_text())["steps"]
         trained = [stage for stage in ("stage1", "stage2") if stage in steps]
-        found[f"{name} losses"] = {stage: [_without_timings(entry) for entry in steps[stage]["log_history"]]
-                                   for stage in trained}
+        found[f"{name} losses"] = {stage: logged(steps[stage]["log_history"]) for stage in trained}
         found[f"{name} train_loss"] = {stage: steps[stage]["train_loss"] for stage in trained}
         found[f"{name} samples"] = {path.name: path.read_bytes()
                                     for path in sorted(layout.samples_dir.iterdir())}
@@ -133,13 +132,16 @@ def result(subject: Subject, out: Path) -> dict[str, Any]:
     return found
 
 
-# The Trainer's end-of-training summary: wall times, and `train_loss`, its mean over the steps
-# this process trained (after a resume, only those since the checkpoint).
-SUMMARY = ("runtime", "per_second", "train_loss")
+# Wall-time keys, logged with every step and different in every run.
+TIMINGS = ("runtime", "per_second")
 
 
-def _without_timings(entry: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in entry.items() if not any(word in key for word in SUMMARY)}
+def logged(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A stage's logged steps and probes without their wall times. The Trainer's end-of-training
+    summary (the entry with `train_loss`, its mean over the steps this process trained) is left
+    out: a stage resumed from its final checkpoint trains nothing and writes none."""
+    return [{key: value for key, value in entry.items() if not any(word in key for word in TIMINGS)}
+            for entry in history if "train_loss" not in entry]
 
 
 def adapter_gap(expected: dict[str, Any], got: dict[str, Any]) -> float:

@@ -85,6 +85,21 @@ class StageProgress(TrainerCallback):
             self.bar = None
 
 
+class AlreadyTrained(Exception):
+    """Raised by `FinishedCheckpoint`: the checkpoint resumed from holds every step."""
+
+
+class FinishedCheckpoint(TrainerCallback):
+    """A resume from the stage's last checkpoint (a kill fell between it and the stage's
+    output) must train nothing. The Trainer would train one step past `max_steps` there (its
+    epoch loop checks the limit only after a step), so training is stopped once the
+    checkpoint's weights, optimiser and history are loaded, before any step."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if 0 < state.max_steps <= state.global_step:
+            raise AlreadyTrained
+
+
 class CheckpointManifest(TrainerCallback):
     """Once the Trainer has written a whole `checkpoint-N/`, its manifest (a resume checks the
     checkpoint against it), then the crash point `after checkpoint`. A step that saves also

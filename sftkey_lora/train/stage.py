@@ -25,7 +25,7 @@ from ..rundir.outcomes import Change, StageOutcome
 from ..runtime.distributed import is_main, wait_for_everyone
 from ..runtime.hardware import peak_memory, reset_peak_memory
 from ..strategies import LabelKind
-from .callbacks import CheckpointManifest, SegmentLossProbe, StageProgress
+from .callbacks import AlreadyTrained, CheckpointManifest, FinishedCheckpoint, SegmentLossProbe, StageProgress
 from .guards import LossGuard
 from .loading import load_model
 from .lora import attach_lora, saves_without_embedding
@@ -59,8 +59,8 @@ def train_stage(step: StageStep, inputs: StageInputs, layout: RunLayout) -> Stag
     loss = _loss_kind(step, model, probe.batches[0])
     trainer = stage_trainer(model, step.training_args, inputs.train, tokenizer, step.labels,
                             loss=loss, packed=step.config.training.packing,
-                            callbacks=[probe, *_tensorboard(step), StageProgress(step.name),
-                                       CheckpointManifest()],
+                            callbacks=[FinishedCheckpoint(), probe, *_tensorboard(step),
+                                       StageProgress(step.name), CheckpointManifest()],
                             guard=LossGuard(step.name, layout))
     resume = last_whole_checkpoint(layout)
     before = TrainerState.load_from_json(f"{resume}/trainer_state.json") if resume else TrainerState()
@@ -68,20 +68,25 @@ def train_stage(step: StageStep, inputs: StageInputs, layout: RunLayout) -> Stag
         log.info(f"{step.name}: resuming from {resume.name}")
     try:
         with disk_full_stops(step.name, layout.root):
-            result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+            try:
+                result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+                train_seconds, process_mean = result.metrics["train_runtime"], result.training_loss
+            except AlreadyTrained:
+                log.info(f"{step.name}: {resume.name} is its last step; nothing left to train")
+                train_seconds, process_mean = 0.0, 0.0
             _save(trainer, tokenizer, step.output, step.full)
     finally:
         forget_optimizer_overrides()
     tokens = trainer.state.num_input_tokens_seen - before.num_input_tokens_seen
-    train_seconds = result.metrics["train_runtime"]
     history = trainer.state.log_history
     probes = [entry for entry in history if KEY_LOSS in entry]
     return StageOutcome(
         labels=step.labels, logits=LOGITS[loss], steps=trainer.state.global_step,
         resumed_from=resume.name if resume else None,
         seconds=round(time.perf_counter() - started, 1), train_seconds=round(train_seconds, 1),
-        tokens=int(tokens), tokens_per_second=round(tokens / train_seconds, 1), **peak_memory(),
-        train_loss=round(mean_train_loss(result.training_loss, history, before.global_step,
+        tokens=int(tokens), tokens_per_second=round(tokens / train_seconds, 1) if train_seconds else 0.0,
+        **peak_memory(),
+        train_loss=round(mean_train_loss(process_mean, history, before.global_step,
                                          trainer.state.global_step), 5),
         heldout_key_loss=Change(before=probes[0][KEY_LOSS], after=probes[-1][KEY_LOSS]),
         heldout_thinking_loss=Change(before=probes[0][THINKING_LOSS], after=probes[-1][THINKING_LOSS]),

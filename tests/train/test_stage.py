@@ -77,6 +77,26 @@ def test_a_stage_resumes_from_its_last_whole_checkpoint(tmp_path) -> None:
     assert len(losses) == 3 and again.train_loss == pytest.approx(sum(losses) / 3, abs=1e-5)
 
 
+def test_a_stage_resumed_from_its_final_checkpoint_trains_nothing_more(tmp_path) -> None:
+    """A kill between a stage's last checkpoint and its output: the rerun resumes from that
+    checkpoint and must end as the stage did. Mid-epoch (24 rows, 3 steps an epoch), the
+    Trainer alone would train a fifth step."""
+    from safetensors.torch import load_file
+
+    plan, inputs = prepared(tmp_path, "data.synthetic.n_train=32", "stages.stage1.training.max_steps=4")
+    first = train_stage(plan.stages[0], inputs, plan.layout)
+    weights = load_file(plan.stages[0].output / "adapter_model.safetensors")
+    again = train_stage(plan.stages[0], inputs, plan.layout)
+    assert again.resumed_from == "checkpoint-4" and again.steps == 4 and again.tokens == 0
+    logged = [[entry for entry in outcome.log_history if "train_loss" not in entry]  # not the summary
+              for outcome in (first, again)]
+    assert [entry["step"] for entry in logged[1] if "loss" in entry] == [2, 4]
+    assert logged[0] == logged[1] and again.train_loss == first.train_loss
+    assert again.heldout_key_loss == first.heldout_key_loss
+    resaved = load_file(plan.stages[0].output / "adapter_model.safetensors")
+    assert resaved.keys() == weights.keys() and all(resaved[name].equal(weights[name]) for name in weights)
+
+
 @pytest.mark.slow  # bf16 arithmetic on a CPU: two stages of about 5 s each
 @pytest.mark.parametrize("setting", [["training.mode=full", "model.quantization=none"],
                                      ["model.quantization=nf4"]], ids=["full", "4-bit with tag rows"])
