@@ -87,11 +87,14 @@ def compare_subject(seeds: str = "0,1") -> Subject:
 
 
 def attempt(subject: Subject, out: Path, kill_after: float | None = None, crash_at: str | None = None,
-            crash_log: Path | None = None, argv: list[str] | None = None) -> tuple[int, float]:
+            crash_log: Path | None = None, argv: list[str] | None = None, cache: Path | None = None
+            ) -> tuple[int, float]:
     """The subject's command on `out` (or `argv`, its messages still kept beside `out`) once,
-    in a process group of its own, with the encoded-data cache beside `out`; SIGKILL to the
-    whole group after `kill_after` seconds. (exit code, negative for a signal; seconds)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SFTKEY_LORA_CACHE": str(out.parent / "cache")}
+    in a process group of its own, with the encoded-data cache `cache` (default: `cache`
+    beside `out`); SIGKILL to the whole group after `kill_after` seconds. (exit code, negative
+    for a signal; seconds)."""
+    cache = cache or out.parent / "cache"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SFTKEY_LORA_CACHE": str(cache)}
     env.pop(CRASH_AT, None)
     env.pop(CRASH_LOG, None)
     if crash_at:
@@ -173,6 +176,12 @@ def leftovers(out: Path) -> list[str]:
                   if path.name.endswith((".tmp", ".old")))
 
 
+def own_cache(out: Path) -> Path:
+    """An encoded-data cache for one command's folder alone: each trial starts with none, as
+    the reference did, so it passes the cache's crash points where the reference passed them."""
+    return out.parent / f"{out.name}.cache"
+
+
 @dataclass
 class Trial:
     subject: str
@@ -193,7 +202,7 @@ class Harness:
     def reference(self, subject: Subject) -> tuple[dict[str, Any], float, list[str]]:
         """The uninterrupted command: its result, its wall time and the crash points it passes."""
         out, log = self.work / f"{subject.name}-reference", self.work / f"{subject.name}-points.log"
-        code, seconds = attempt(subject, out, crash_log=log)
+        code, seconds = attempt(subject, out, crash_log=log, cache=own_cache(out))
         if code != 0:
             raise SystemExit(f"the uninterrupted {subject.name} failed (exit {code}); see {out}.stderr")
         return result(subject, out), seconds, log.read_text().splitlines()
@@ -209,10 +218,10 @@ class Harness:
         for kill in kills:
             timed = isinstance(kill, float)
             code, _ = attempt(subject, out, kill_after=kill if timed else None,
-                              crash_at=None if timed else kill)
+                              crash_at=None if timed else kill, cache=own_cache(out))
             phase = subject.phase(out) if code == -signal.SIGKILL else "finished before the kill"
             phases.append(f"{phase} ({kill:.1f} s in)" if timed and phases else phase)
-        code, _ = attempt(subject, out)
+        code, _ = attempt(subject, out, cache=own_cache(out))
         if code != 0:
             outcome = f"rerun exit {code}: {_last_line(out.parent / f'{out.name}.stderr')}"
         else:
@@ -223,6 +232,7 @@ class Harness:
               flush=True)
         if outcome.startswith("identical"):
             shutil.rmtree(out)
+            shutil.rmtree(own_cache(out), ignore_errors=True)
         return trial
 
     def instants(self, subject: Subject, n: int, expected: dict[str, Any], wall: float) -> None:
@@ -260,7 +270,8 @@ def _run_points(harness: Harness) -> list[str]:
     """The points an uninterrupted `run` passes, when the harness was asked not to kill it."""
     log = harness.work / "run-points.log"
     if not log.is_file():
-        attempt(run_subject(), harness.work / "run-points", crash_log=log)
+        out = harness.work / "run-points"
+        attempt(run_subject(), out, crash_log=log, cache=own_cache(out))
     return log.read_text().splitlines()
 
 
