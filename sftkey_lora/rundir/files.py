@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .crashpoints import renamed
-from .layout import LOCK_NAME, OWNER_NAME, RunLayout, checkpoint_step, temporary
+from .layout import LOCK_NAME, OWNER_NAME, RunLayout, checkpoint_step, is_temporary, temporary
 from .manifest import damaged
 
 
@@ -74,7 +74,7 @@ def empty_run_dir(layout: RunLayout) -> None:
 
 def remove_temporaries(root: Path) -> None:
     """Everything written under a temporary name and not yet renamed into place."""
-    for tmp in root.glob(".*.tmp"):
+    for tmp in filter(is_temporary, root.iterdir()):
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
