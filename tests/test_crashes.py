@@ -9,7 +9,7 @@ import pytest
 from tests.crash_harness import RELAY, Harness, result, run_subject
 from tests.torn_files import KINDS, Catalogue
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.takes(180)]
 
 
 @pytest.fixture(scope="module")

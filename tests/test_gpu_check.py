@@ -11,7 +11,7 @@ import pytest
 
 from tests.support import ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.takes(240)]
 
 
 def test_the_smoke_run_records_every_part(tmp_path) -> None:

@@ -13,6 +13,8 @@ import torch
 from sftkey_lora.smollm2 import HUB_ID
 from tests.support import ROOT
 
+pytestmark = pytest.mark.takes(600)
+
 RECIPE = ROOT / "recipes" / "smollm2-135m-instruct.yaml"
 # Enough steps at a high rate for the tags and the end of turn to be learned, no more.
 SHORT = ["data.synthetic.n_train=28", "data.holdout=4", "data.synthetic.n_test=4", "training.batch_size=4",

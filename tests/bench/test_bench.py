@@ -14,6 +14,8 @@ from sftkey_lora.bench.contest import check_trl_runs_here, ratios
 from sftkey_lora.cli import main
 from sftkey_lora.errors import UserError
 
+pytestmark = pytest.mark.takes(110)
+
 SMALL = ["--vocab-size", "3000", "--hidden-size", "64", "--layers", "1", "--heads", "4", "--kv-heads", "2",
          "--intermediate-size", "128", "--seq-len", "64", "--prompt-tokens", "8", "--key-tokens", "6",
          "--steps", "2", "--warmup-steps", "1", "--quantization", "none"]

@@ -26,6 +26,8 @@ from sftkey_lora.train.loss import (
 from sftkey_lora.train.plan import training_arguments
 from tests.support import model_on_cpu
 
+pytestmark = pytest.mark.takes(120)
+
 SHORT = FormatConfig(system_prompt="")  # short sequences keep these tests fast
 
 
