@@ -301,7 +301,7 @@ def test_probe_and_kl_at_151k_vocabulary_equal_whole_logits(real_models) -> None
     with torch.no_grad():
         other.get_output_embeddings().weight.mul_(1.5)
     expected_losses, p = full_logits_probe(reference, probe)
-    _, q = full_logits_probe(other, probe)
+    expected_other, q = full_logits_probe(other, probe)
     expected_kl = float(torch.nn.functional.kl_div(q.double(), p.double(), log_target=True,
                                                    reduction="sum")) / len(p)
     losses = segment_losses(reference, probe)
@@ -309,7 +309,6 @@ def test_probe_and_kl_at_151k_vocabulary_equal_whole_logits(real_models) -> None
         assert losses[name] == pytest.approx(expected_losses[name], abs=1e-6)
     kl, other_losses = kl_and_losses(reference, other, probe)
     assert kl == pytest.approx(expected_kl, abs=1e-6)
-    expected_other, _ = full_logits_probe(other, probe)
     for name in ("thinking", "key"):
         assert other_losses[name] == pytest.approx(expected_other[name], abs=1e-6)
     assert expected_kl > 1e-3
