@@ -26,8 +26,20 @@ def test_the_smoke_run_records_every_part(tmp_path) -> None:
     assert contest["skipped"] == {"stage1 unsloth": "skipped: unsloth needs a CUDA GPU",
                                   "stage2 unsloth": "skipped: unsloth needs a CUDA GPU"}
     for stage in ("stage1", "stage2"):
-        assert set(contest[stage]["contenders"]) == {"sftkey", "trl", "plain", "floor"}
+        figures = contest[stage]["contenders"]
+        assert set(figures) == {"sftkey", "trl", "plain", "floor"}
+        # The same weights, batches and labels: TRL's completion mask and the plain Trainer's
+        # labels select the tokens ours does, so each step's loss is the same.
         assert contest[stage]["losses_agree"]
+        for other in ("trl", "plain"):
+            assert figures[other]["losses"] == pytest.approx(figures["sftkey"]["losses"], rel=1e-4)
+        # The floor has no head: its step is the backbone's alone, below every trainer's.
+        assert figures["floor"]["peak_mem_mb"] < figures["plain"]["peak_mem_mb"]
+        ours, trl, plain = figures["sftkey"], figures["trl"], figures["plain"]
+        assert contest[stage]["step_time_ratio"] == pytest.approx(ours["step_time_s"] / trl["step_time_s"],
+                                                                  abs=1e-3)
+        assert contest[stage]["plain_peak_mem_ratio"] == pytest.approx(
+            ours["peak_mem_mb"] / plain["peak_mem_mb"], abs=1e-3)
     recipe = next(part["figures"] for part in report["parts"] if part["part"] == "recipe-7b")
     assert list(recipe) == ["stage1", "merge", "stage2"]
     assert all(recipe[step]["peak_memory_mb"] > 0 for step in recipe)
