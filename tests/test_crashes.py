@@ -1,6 +1,7 @@
 """The crash harness's relay (one run killed in every phase in turn, each kill in the rerun
-of the one before) and two of the torn-file catalogue's cases (one refused, one rebuilt), against the slow tests'
-shared run (`python -m tests.crash_harness` and `python -m tests.torn_files` run them all)."""
+of the one before) and two of the torn-file catalogue's cases (one refused, one rebuilt),
+against the slow tests' shared run (`python -m tests.crash_harness` and
+`python -m tests.torn_files` run them all)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def catalogue(finished, tmp_path_factory):
     return prepared
 
 
-@pytest.mark.parametrize(("kind", "damage"), [("run.json", "garbled"), ("stage 2: adapter_config.json", "cut")])
+@pytest.mark.parametrize(("kind", "damage"), [("run.json", "garbled"),
+                                              ("stage 2: adapter_config.json", "cut")])
 def test_torn_files_are_rebuilt_or_refused(catalogue, kind, damage) -> None:
     row = catalogue.case(next(found for found in KINDS if found.name == kind), damage)
     assert row.holds, row.outcome

@@ -27,8 +27,8 @@ def test_the_command_measures_the_contenders_it_is_given() -> None:
     """The command's own path: options to workload, contenders named, table and JSON. Every
     contender on the same labels is checked on gpu-check's smoke contest (tests/test_gpu_check.py),
     which runs the same measurements."""
-    done = subprocess.run([sys.executable, "-m", "sftkey_lora", "bench", "--json", "--contenders", "sftkey,floor",
-                           *SMALL], capture_output=True, text=True, timeout=600)
+    command = [sys.executable, "-m", "sftkey_lora", "bench", "--json", "--contenders", "sftkey,floor", *SMALL]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert set(report) == {"stage1", "stage2"}
