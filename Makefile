@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 
-.PHONY: setup demo demo-smollm2 tokenizers models converters test test-fast lint tiny clean
+.PHONY: setup demo demo-smollm2 tokenizers models converters test test-fast crash-check lint tiny clean
 
 setup: $(STAMP)
 
@@ -59,6 +59,12 @@ test: tokenizers models converters
 # Everything but the tests marked slow (training runs, lm-eval and torchrun subprocesses).
 test-fast: tokenizers models converters
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PARALLEL) -m "not slow" || [ $$? -eq 5 ]
+
+# Kill a reduced run and comparison at instants spread over them and at every named crash point,
+# then damage each kind of file the kit reads back: the tables in the README's "When things go wrong".
+crash-check: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m tests.crash_harness
+	HF_HUB_OFFLINE=1 $(BIN)/python -m tests.torn_files
 
 lint: setup
 	$(BIN)/ruff check sftkey_lora tests

@@ -69,8 +69,10 @@ def evaluate(target: str | Path, tasks: list[str] | None = None, limit: int | No
     for a GGUF of an export, the export's recipe unless `recipe` is given). Returns the metrics."""
     ensure_output()
     from .evaluation.runner import evaluate_gguf, evaluate_model, evaluate_run
+    from .rundir.diskfull import disk_full_stops
+    from .rundir.manifest import refuse_damaged_export
     from .rundir.record import RunRecord, is_run, recorded_recipe
-    from .train.plan import plan_evaluation
+    from .train.plan import plan_evaluation, plan_run, refuse_damaged
 
     if limit is not None and limit < 1:
         raise UserError("--limit: must be at least 1")
@@ -79,12 +81,14 @@ def evaluate(target: str | Path, tasks: list[str] | None = None, limit: int | No
         if recipe is not None or output is not None:
             raise UserError("--recipe / --output: a run is evaluated with its own recipe, into its directory")
         own = recorded_recipe(layout, _as_items(overrides))
-        with holding(layout.claim), logged_to(layout.log_file):
+        with holding(layout.claim), logged_to(layout.log_file), disk_full_stops("eval", layout.root):
             record = RunRecord.open(layout, own, fresh=False)  # refuses a change to what was trained
+            refuse_damaged(plan_run(own, layout), lambda name: record.status(name) == "complete")
             return evaluate_run(own, record, _evaluation(plan_evaluation(own, tasks, limit)))
     gguf = Path(target) if str(target).endswith(".gguf") else None
     if gguf is not None and not gguf.is_file():
         raise UserError(f"{gguf}: no such GGUF file")
+    refuse_damaged_export(gguf.parent if gguf else Path(target), gguf.name if gguf else None)
     beside = gguf.parent / EXPORTED_RECIPE if gguf else None
     if recipe is None and beside is not None and beside.is_file():  # the export's own recipe
         recipe = validate_recipe(json.loads(beside.read_text(encoding="utf-8")), source=str(beside))
@@ -101,7 +105,7 @@ def evaluate(target: str | Path, tasks: list[str] | None = None, limit: int | No
     if is_run(out.root):
         raise UserError(f"--output {out.root}: a run directory, whose evaluation is its own final model's; "
                         f"evaluate the run with `sftkey-lora eval {out.root}`, or choose another --output")
-    with holding(out.evaluation_claim):
+    with holding(out.evaluation_claim), disk_full_stops("eval", out.root):
         return evaluate_gguf(chosen, gguf, out, step) if gguf else evaluate_model(chosen, out, step)
 
 

@@ -32,6 +32,7 @@ from .output import RESULT, logged_to
 from .pipeline import run_recipe
 from .plots import plot_key_loss_curves, plot_metric_bars
 from .recipe import Recipe
+from .rundir.diskfull import disk_full_stops
 from .rundir.files import empty_temporary, link_or_copy, replace_dir, write_json_atomic, write_text_atomic
 from .rundir.layout import EVAL_STEP, CompareLayout
 from .rundir.lock import holding
@@ -54,7 +55,7 @@ def compare(recipe: Recipe, out_dir: Path, fresh: bool = False, seeds: list[int]
         raise UserError("eval.tasks: a comparison is made of evaluations; give the tasks to evaluate on "
                         "(and eval.path for a jsonl source)")
     layout = CompareLayout(out_dir)
-    with holding(layout.claim), logged_to(layout.log_file):
+    with holding(layout.claim), logged_to(layout.log_file), disk_full_stops("compare", out_dir):
         return _compare(recipe, layout, fresh, seeds)
 
 

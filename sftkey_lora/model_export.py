@@ -23,14 +23,16 @@ import yaml
 
 from .errors import UserError
 from .recipe import Recipe
+from .rundir.diskfull import disk_full_stops
 from .rundir.files import empty_temporary, replace_dir, write_json_atomic, write_text_atomic
 from .rundir.layout import EXPORTED_RECIPE, Claim, RunLayout
 from .rundir.lock import holding
+from .rundir.manifest import write_manifest
 from .rundir.record import RunRecord, is_run, recorded_recipe
 from .runtime.hardware import ResolvedPrecision, torch_dtype
 from .strategies import STRATEGIES
 from .train.loading import declared_precision
-from .train.plan import FinalModel, plan_run
+from .train.plan import FinalModel, plan_run, refuse_damaged
 
 
 def export_run(run_dir: Path, output: Path | None = None, dtype: ResolvedPrecision | None = None,
@@ -49,24 +51,28 @@ def export_run(run_dir: Path, output: Path | None = None, dtype: ResolvedPrecisi
     if unfinished:
         raise UserError(f"{run_dir}: {', '.join(unfinished)} not complete; finish the run first "
                         "(`sftkey-lora run` with its recipe resumes it)")
+    refuse_damaged(plan, lambda name: record.status(name) == "complete")
     types = check_gguf(gguf, gguf_adapter, plan.final)
     out = output or layout.export_dir
     with holding(layout.claim), holding(Claim(out, EXPORTED_RECIPE, beside=True)):
         tmp = empty_temporary(out)
-        model, tokenizer = final_model(plan.final)
-        dtype = dtype or declared_precision(recipe.model)
-        model = model.to(torch_dtype(dtype))
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        write_json_atomic(tmp / EXPORTED_RECIPE, record.data["recipe"])
-        if types:
-            write_ggufs(tmp, types, gguf_adapter, recipe, plan.final, tokenizer, recipe.name or run_dir.name)
-        ggufs = sorted(path.name for path in tmp.glob("*.gguf"))
-        write_text_atomic(tmp / "README.md", model_card(record.data, plan.final, out, dtype, ggufs))
-        readable_as_umask_allows(tmp)
-        replace_dir(tmp, out)
+        with disk_full_stops("export", out, temporaries=[tmp]):
+            model, tokenizer = final_model(plan.final)
+            dtype = dtype or declared_precision(recipe.model)
+            model = model.to(torch_dtype(dtype))
+            model.generation_config.eos_token_id = tokenizer.eos_token_id
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            write_json_atomic(tmp / EXPORTED_RECIPE, record.data["recipe"])
+            if types:
+                name = recipe.name or run_dir.name
+                write_ggufs(tmp, types, gguf_adapter, recipe, plan.final, tokenizer, name)
+            ggufs = sorted(path.name for path in tmp.glob("*.gguf"))
+            write_text_atomic(tmp / "README.md", model_card(record.data, plan.final, out, dtype, ggufs))
+            readable_as_umask_allows(tmp)
+            write_manifest(tmp)
+            replace_dir(tmp, out)
     return out
 
 

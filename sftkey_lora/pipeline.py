@@ -17,6 +17,7 @@ from typing import Any
 
 from .data import load_examples
 from .errors import UserError
+from .evaluation.harness import damaged_evaluation
 from .evaluation.runner import evaluate_run
 from .output import RESULT, logged_to
 from .plots import plot_stage_losses
@@ -24,14 +25,14 @@ from .prep.collate import Collator, batches, pad_id
 from .prep.masks import Encoded
 from .prep.prepare import encode_examples
 from .recipe import Recipe
+from .rundir.diskfull import disk_full_stops
 from .rundir.files import remove_checkpoints, remove_partial_checkpoints
 from .rundir.layout import EVAL_STEP, RunLayout
 from .rundir.lock import holding
 from .rundir.outcomes import EvalOutcome, summary_table
 from .rundir.record import RunRecord
 from .runtime.distributed import is_main, wait_for_everyone
-from .train.guards import disk_full_stops
-from .train.plan import MergeStep, RunPlan, StageStep, TrainingStep, check_reporters, plan_run
+from .train.plan import MergeStep, RunPlan, StageStep, TrainingStep, check_reporters, damaged_output, plan_run
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +44,14 @@ def run_recipe(recipe: Recipe, run_dir: Path, fresh: bool = False) -> RunRecord:
     layout = RunLayout(run_dir)
     with holding(layout.claim):
         record = RunRecord.open(layout, recipe, fresh)
-        with logged_to(layout.log_file) if is_main() else nullcontext():
+        with logged_to(layout.log_file) if is_main() else nullcontext(), disk_full_stops("run", run_dir):
             _run_steps(recipe, record)
     return record
 
 
 def _run_steps(recipe: Recipe, record: RunRecord) -> None:
     plan = plan_run(recipe, record.layout)
+    _redo_damaged(plan, record)  # in every process: each decides the same, the main one records it
     log.info(f"{record.layout.root}: {recipe.strategy} on {recipe.model.name_or_path}, "
              f"steps {' -> '.join(step.name for step in plan.steps)}")
     pending = [step for step in plan.steps if record.status(step.name) != "complete"]
@@ -65,10 +67,29 @@ def _run_steps(recipe: Recipe, record: RunRecord) -> None:
     evaluation = plan.evaluation
     if not is_main():
         return
-    if evaluation is not None and not evaluation.done_by(record.outcome(EVAL_STEP, EvalOutcome)):
+    evaluated = record.outcome(EVAL_STEP, EvalOutcome)
+    if evaluation is not None and not (evaluation.done_by(evaluated) and _whole(evaluated, record)):
         evaluate_run(recipe, record, evaluation, training=summary)
     elif evaluation is None and recipe.eval.tasks == "auto":
         log.info("eval: skipped; set eval.path to a test file in the data source's schema to evaluate on it")
+
+
+def _redo_damaged(plan: RunPlan, record: RunRecord) -> None:
+    """A complete step whose output changed since it was written (a file cut short, zeroed or
+    garbled) is done again, and every step after it."""
+    found = damaged_output(plan, lambda name: record.status(name) == "complete")
+    if found is not None:
+        again = [later.name for later in plan.steps[found[0]:]] + [EVAL_STEP]
+        log.warning(f"{found[1]}: damaged since it was written; {', '.join(again)} done again")
+        record.forget(again)
+
+
+def _whole(evaluated: EvalOutcome | None, record: RunRecord) -> bool:
+    """The recorded evaluation's files are as it wrote them; else it is done again."""
+    broken = damaged_evaluation(record.layout, evaluated.metrics) if evaluated else None
+    if broken:
+        log.warning(f"{broken}: damaged since it was written; the evaluation is done again")
+    return broken is None
 
 
 class _Execution:
@@ -112,8 +133,8 @@ class _Execution:
             if self.record.status(step.name) != "running":
                 remove_checkpoints(layout)  # left by an earlier stage, never this one's
             for name in remove_partial_checkpoints(layout):
-                log.warning(f"{step.name}: {name} was cut short while being saved; removed, resuming "
-                            "from the one before")
+                log.warning(f"{step.name}: {name} was cut short while being saved, or damaged since; "
+                            "removed, resuming from the one before")
         wait_for_everyone()  # every process resumes from the same checkpoint, or none
         self.record.start(step.name)
         tokenizer, tag_ids = self.tokenizer
@@ -135,7 +156,7 @@ class _Execution:
             probe = list(batches(self.data[1], step.probe_batch_size,
                                  Collator(pad_id(tokenizer), "full", with_segments=True)))
             self.record.start(step.name)
-            with disk_full_stops(step.name, self.plan.layout):
+            with disk_full_stops(step.name, self.plan.layout.root):
                 outcome = merge_stage1(step, tokenizer, probe)
             self.record.complete(step.name, outcome)
         wait_for_everyone()

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .rundir.crashpoints import renamed
 from .rundir.layout import KEY_LOSS, THINKING_LOSS
 
 CURVES = (("loss", "training loss (stage labels)"), (THINKING_LOSS, "held-out thinking tokens"),
@@ -102,4 +103,4 @@ def _save(fig: Any, plt: Any, path: Path) -> None:
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp, dpi=120, bbox_inches="tight")
     plt.close(fig)
-    tmp.replace(path)
+    renamed(tmp, path)

@@ -26,6 +26,18 @@ os.environ["SFTKEY_LORA_CACHE"] = tempfile.mkdtemp(prefix="sftkey-lora-cache-")
 atexit.register(shutil.rmtree, os.environ["SFTKEY_LORA_CACHE"], ignore_errors=True)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The files marked `takes` first, the longest first; the rest in their own order.
+    pytest-xdist hands a worker one file at a time in this order, so the quick files fill the
+    end and no worker is left running a long file alone after the others have finished."""
+
+    def seconds(item: pytest.Item) -> float:
+        mark = item.get_closest_marker("takes")
+        return mark.args[0] if mark else 0.0
+
+    items.sort(key=seconds, reverse=True)  # a stable sort: each file's tests stay in order
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     from sftkey_lora.recipe import ModelConfig

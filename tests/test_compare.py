@@ -13,6 +13,8 @@ from sftkey_lora.rundir.layout import CompareLayout, RunLayout
 from sftkey_lora.rundir.record import RunRecord
 from tests.support import MERGED, QUICKSTART, stage_outcome
 
+pytestmark = pytest.mark.takes(150)
+
 TINY = ["data.synthetic.n_train=40", "data.holdout=4", "format.system_prompt=", "training.batch_size=8",
         "training.logging_steps=1", "training.max_steps=2", "eval.limit=2", "eval.max_gen_toks=32"]
 

@@ -152,3 +152,24 @@ def test_the_model_card_carries_the_hubs_metadata_and_the_figures(tmp_path) -> N
     assert card.data.tags == ["sftkey-lora", "sftkey_tag"]
     assert "then merged into plain bf16 weights" in card.text
     assert "| sftkey_synthetic | 0.900 | 1.000 | 0.930 | 200 |" in card.text
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_exporting_keeps_the_earlier_export_whole(small_run, cli, tmp_path,
+                                                                     monkeypatch) -> None:
+    from sftkey_lora.rundir import manifest
+
+    _, record = small_run
+    out = tmp_path / "export"
+    code, _, err = cli("export", str(record.layout.root), "--output", str(out))
+    assert code == 0, err
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+
+    def full(folder):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("sftkey_lora.model_export.write_manifest", full)
+    code, _, err = cli("export", str(record.layout.root), "--output", str(out), "--dtype", "bf16")
+    assert code == 2 and f"export: the disk holding {out} is full" in err and "Traceback" not in err
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+    assert not list(tmp_path.glob(".*.tmp")) and manifest.damaged(out) == []

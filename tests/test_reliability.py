@@ -116,7 +116,7 @@ def test_a_failed_write_counts_as_a_full_disk_only_when_the_disk_is_full(tmp_pat
     from collections import namedtuple
 
     from sftkey_lora.errors import UserError
-    from sftkey_lora.train.guards import disk_full_stops, is_disk_full
+    from sftkey_lora.rundir.diskfull import disk_full_stops, is_disk_full
 
     short_write = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
     usage = namedtuple("usage", "total used free")

@@ -18,8 +18,10 @@ from .workload import Workload, write_model
 # The method's stages and their labels: what is timed.
 STAGE_LABELS: dict[str, LabelKind] = {stage.name: stage.labels for stage in STRATEGIES[METHOD].stages}
 STAGES = tuple(STAGE_LABELS)
-CONTENDERS = ("sftkey", "trl", "plain")  # and "unsloth", on a GPU where it is installed
-OURS = "sftkey"
+# And "unsloth", on a GPU where it is installed. The floor is no trainer but a limit: the same
+# backbone's forward and backward with no head at all, which a key-only stage 2 approaches.
+CONTENDERS = ("sftkey", "trl", "plain", "floor")
+OURS, FLOOR = "sftkey", "floor"
 # Ratio keys: against TRL unprefixed, against the others with their name as prefix.
 BASELINE = "trl"
 FIGURES = {"step_time": "step_time_s", "tokens_per_s": "tokens_per_s", "peak_mem": "peak_mem_mb"}
@@ -36,12 +38,12 @@ def run_bench(workload: Workload, contenders: Sequence[str] = CONTENDERS,
         for stage in STAGES:
             for contender in contenders:
                 progress(f"{stage} {contender} ...")
-                results[stage][contender] = _measure_apart(workload, model_dir, contender, stage)
+                results[stage][contender] = measure_apart(workload, model_dir, contender, stage)
     return {stage: {**ratios(figures), "contenders": figures} for stage, figures in results.items()}
 
 
 def default_contenders() -> list[str]:
-    """sftkey, trl and plain; and unsloth where it can run (a GPU, and the package installed)."""
+    """sftkey, trl, plain and the floor; and unsloth where it can run (a GPU, and the package installed)."""
     from importlib.util import find_spec
 
     from ..runtime.hardware import cuda_available
@@ -49,14 +51,16 @@ def default_contenders() -> list[str]:
     return list(CONTENDERS) + (["unsloth"] if cuda_available() and find_spec("unsloth") else [])
 
 
-def _measure_apart(workload: Workload, model_dir: Path, contender: str, stage: str) -> dict[str, Any]:
+def measure_apart(workload: Workload, model_dir: Path, contender: str, stage: str,
+                  timeout: float | None = None) -> dict[str, Any]:
+    """One contender on one stage in a process of its own (its peak memory is its own)."""
     args = [workload.to_json(), str(model_dir), contender, stage]
     # unsloth patches transformers only if it is imported first.
     worker = "sftkey_lora.bench.worker"
     start = (["-c", f"import unsloth, runpy; runpy.run_module('{worker}', run_name='__main__')"]
              if contender == "unsloth" else ["-m", worker])
     command = [sys.executable, *start, *args]
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-5:])
         raise UserError(f"bench: {contender} on {stage} failed (exit {done.returncode}):\n{tail}")
@@ -64,7 +68,7 @@ def _measure_apart(workload: Workload, model_dir: Path, contender: str, stage: s
 
 
 def ratios(figures: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """ours/theirs for each figure; `losses_agree`: every contender saw the same first-step loss."""
+    """ours/theirs for each figure; `losses_agree`: every trainer saw the same first-step loss."""
     ours = figures[OURS]
     out: dict[str, Any] = {}
     for other, theirs in figures.items():
@@ -73,7 +77,7 @@ def ratios(figures: dict[str, dict[str, Any]]) -> dict[str, Any]:
         prefix = "" if other == BASELINE else f"{other}_"
         for name, key in FIGURES.items():
             out[f"{prefix}{name}_ratio"] = round(ours[key] / theirs[key], 3)
-    first = [result["losses"][0] for result in figures.values()]
+    first = [result["losses"][0] for name, result in figures.items() if name != FLOOR]  # no head, no loss
     out["losses_agree"] = max(first) - min(first) <= 1e-3 * max(abs(x) for x in first)
     return out
 

@@ -6,7 +6,10 @@ Contenders, all on the same model, adapter, rows, labels and TrainingArguments:
 - `sftkey`: our stage's Trainer (`train.stage.stage_trainer`): logits at labelled positions only;
 - `trl`: TRL's `SFTTrainer`, its `completion_mask` set to our labels;
 - `plain`: the transformers `Trainer` with the model's own loss over full logits;
-- `unsloth` (on a GPU where it is installed): our Trainer on unsloth's model, adapter and loss.
+- `unsloth` (on a GPU where it is installed): our Trainer on unsloth's model, adapter and loss;
+- `floor`: our Trainer with no head at all: the backbone's forward and backward alone (a loss
+  of the last hidden states' mean square carries the gradient back), the limit of a stage that
+  projects ever fewer positions.
 """
 
 from __future__ import annotations
@@ -90,6 +93,10 @@ def _trainer(contender: str, model: Any, args: dict[str, Any], train: list, toke
              labels: LabelKind) -> Any:
     if contender == "sftkey":
         return stage_trainer(model, args, train, tokenizer, labels, loss="labelled")
+    if contender == "floor":
+        trainer = stage_trainer(model, args, train, tokenizer, labels, loss="labelled")  # hidden states only
+        trainer.compute_loss_func = backbone_only
+        return trainer
     if contender in ("plain", "unsloth"):
         # The model computes its own loss: plain transformers over [batch, seq, vocab] logits,
         # unsloth with its fused kernels.
@@ -104,6 +111,11 @@ def _trainer(contender: str, model: Any, args: dict[str, Any], train: list, toke
         config = SFTConfig(**args, completion_only_loss=True, max_length=None, packing=False)
         return SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer)
     raise ValueError(f"unknown contender {contender!r}")
+
+
+def backbone_only(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
+    """The floor's loss: no head, a mean square of the last hidden states."""
+    return outputs.hidden_states[-1].float().square().mean()
 
 
 class StepTimer(TrainerCallback):

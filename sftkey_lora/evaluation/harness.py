@@ -21,8 +21,10 @@ from typing import Any
 from ..errors import UserError
 from ..output import RESULT, bars_disabled, route_library_logs
 from ..recipe import EvalConfig
-from ..rundir.files import empty_temporary, replace_dir, write_json_atomic
-from ..rundir.layout import RunLayout
+from ..rundir.crashpoints import renamed
+from ..rundir.files import empty_temporary, json_text, replace_dir
+from ..rundir.layout import RunLayout, temporary
+from ..rundir.manifest import damaged, write_manifest
 from .judge import Case, check_reachable, judge_all
 from .metrics import METRICS, score
 from .significance import combined_error, standard_error
@@ -44,9 +46,14 @@ def tasks_dir() -> Path:
                     "reinstall sftkey-lora")
 
 
-def task_manager(metadata: dict[str, Any]):
+def task_manager(metadata: dict[str, Any], tasks: list[str]):
+    """lm-eval's index of `tasks`: ours alone where they are all ours, since indexing lm-eval's
+    own 14,690 tasks takes seconds (5-8 on a CPU here) for every evaluation."""
     from lm_eval.tasks import TaskManager
 
+    ours = TaskManager(include_path=str(tasks_dir()), include_defaults=False, metadata=metadata)
+    if all(task in ours.all_tasks for task in tasks):
+        return ours
     return TaskManager(include_path=str(tasks_dir()), metadata=metadata)
 
 
@@ -68,7 +75,7 @@ def evaluate(lm: Any, tasks: list[str], cfg: EvalConfig, metadata: dict[str, Any
 
     route_library_logs()
 
-    manager = task_manager({**metadata, "alpha": cfg.alpha})
+    manager = task_manager({**metadata, "alpha": cfg.alpha}, tasks)
     unknown = [task for task in tasks if task not in manager.all_tasks]
     if unknown:
         known = sorted(name for name in manager.all_tasks if name.startswith("sftkey"))
@@ -134,15 +141,32 @@ def grade_samples(records: list[dict[str, Any]], cfg: EvalConfig
 
 
 def _write(out: RunLayout, metrics: dict[str, Any], samples: dict[str, list[dict[str, Any]]]) -> None:
-    """Samples and metrics as one unit: metrics.json goes first and comes back last, so a
-    metrics.json always has its own samples beside it (a kill between leaves none to read)."""
+    """Samples and metrics as one unit: both are written in full under temporary names first
+    (a full disk stops there, the earlier evaluation untouched); then metrics.json goes and
+    comes back last, so a metrics.json always has its own samples beside it."""
     out.root.mkdir(parents=True, exist_ok=True)
-    out.metrics_file.unlink(missing_ok=True)
     tmp = empty_temporary(out.samples_dir)
     tmp.mkdir()
     for task, rows in samples.items():
         with (tmp / out.samples_file(task).name).open("w", encoding="utf-8") as handle:
             for row in rows:
                 handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+    write_manifest(tmp)
+    metrics_tmp = temporary(out.metrics_file)
+    metrics_tmp.write_text(json_text(metrics), encoding="utf-8")
+    out.metrics_file.unlink(missing_ok=True)
     replace_dir(tmp, out.samples_dir)
-    write_json_atomic(out.metrics_file, metrics)
+    renamed(metrics_tmp, out.metrics_file)
+
+
+def damaged_evaluation(out: RunLayout, metrics: dict[str, Any]) -> Path | None:
+    """The first file of a recorded evaluation changed since it was written (samples against
+    their manifest, metrics.json against the metrics recorded in run.json); None if whole."""
+    broken = damaged(out.samples_dir) if out.samples_dir.is_dir() else ["."]
+    if broken:
+        return out.samples_dir / broken[0]
+    try:
+        whole = json.loads(out.metrics_file.read_text(encoding="utf-8")) == metrics
+    except (OSError, ValueError):
+        whole = False
+    return None if whole else out.metrics_file

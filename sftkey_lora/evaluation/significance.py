@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..rundir.layout import RunLayout
+from ..rundir.manifest import damaged
 from .metrics import METRICS
 
 LEVEL = 0.05  # a difference is called significant below this (Holm-adjusted) p-value
@@ -207,7 +208,14 @@ def _evaluated_tasks(root: Path) -> list[str]:
 def read_samples(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise UserError(f"{path}: no per-sample records; evaluate the run again")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if path.name in damaged(path.parent):
+        raise UserError(f"{path}: damaged since it was written; evaluate the run again "
+                        "(`sftkey-lora run` or `eval` redoes it)")
+    try:
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: not readable as per-sample records ({err}); "
+                        "evaluate the run again") from None
 
 
 def pairs_table(pairs: list[Pair]) -> str:

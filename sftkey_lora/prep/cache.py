@@ -7,16 +7,17 @@ backend: vocabulary, merges, added tokens, normalizer; its eos token and chat te
 encoding's version, and the versions of the code that renders and tokenizes (this kit,
 transformers and jinja2, which render chat templates, and tokenizers). An entry is written
 under a unique temporary name in the cache folder and renamed into place, so no reader sees
-half of one, and is read memory-mapped. An entry that cannot be read (cut short, zeroed,
-garbled) is encoded again and replaced; temporaries a killed process left are swept once they
-are an hour old. `$SFTKEY_LORA_CACHE` moves the folder (default ~/.cache/sftkey-lora/prepared);
-`data.cache: false` turns it off.
+half of one, and is read memory-mapped. An entry whose files differ from its manifest (cut
+short, zeroed, garbled: `rundir/manifest.py`) is encoded again and replaced; temporaries a
+killed process left are swept once they are an hour old. `$SFTKEY_LORA_CACHE` moves the folder
+(default ~/.cache/sftkey-lora/prepared); `data.cache: false` turns it off.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -33,8 +34,11 @@ from ..data import Example
 from ..pinned import cache_home
 from ..progress import progress
 from ..recipe import FormatConfig
+from ..rundir.crashpoints import renamed
+from ..rundir.manifest import damaged, write_manifest
 from .masks import Encoded, encode_all
 
+log = logging.getLogger(__name__)
 VERSION = 1  # bump when the encoding of a row changes
 ARRAYS = ("input_ids", "segments", "in_response", "in_key")
 RENDERERS = ("sftkey-lora", "transformers", "jinja2", "tokenizers")  # their versions are in the key
@@ -81,6 +85,8 @@ def encoded_rows(examples: Sequence[Example], tokenizer: Any, fmt: FormatConfig,
     cached = _read(folder, examples)
     if cached is not None:
         return cached
+    if folder.exists():
+        log.warning(f"{folder}: cached rows damaged (cut short, zeroed or garbled); encoded again")
     rows = list(_progress(encode_all(examples, tokenizer, fmt, tagged), len(examples)))
     _write(folder, rows)
     return rows
@@ -95,8 +101,10 @@ def _progress(rows: Iterable[Encoded], total: int) -> Iterator[Encoded]:
 
 
 def _read(folder: Path, examples: Sequence[Example]) -> list[Encoded] | None:
-    """The entry's rows, or None where it is absent or not whole: an empty, cut or garbled
-    array, or one whose length disagrees with the bounds."""
+    """The entry's rows, or None where it is absent or not whole: a file that differs from the
+    entry's manifest (cut, zeroed, garbled), or an array whose length disagrees with the bounds."""
+    if not folder.is_dir() or damaged(folder):
+        return None
     try:
         bounds = np.load(folder / "bounds.npy")
         arrays = [np.load(folder / f"{name}.npy", mmap_mode="r") for name in ARRAYS]
@@ -122,8 +130,9 @@ def _write(folder: Path, rows: Sequence[Encoded]) -> None:
         np.save(temporary / "bounds.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
         for name in ARRAYS:
             np.save(temporary / f"{name}.npy", np.concatenate([getattr(row, name) for row in rows]))
+        write_manifest(temporary)
         _set_aside(folder)  # an unreadable entry: a rename cannot replace a folder that has files
-        os.replace(temporary, folder)
+        renamed(temporary, folder, "cache entry")
     except OSError:
         pass  # another process stored the same entry first, or the folder cannot be written
     finally:
@@ -135,7 +144,7 @@ def _set_aside(folder: Path) -> None:
     """Move a broken entry out of the way under a temporary name of its own, then delete it."""
     if folder.exists():
         aside = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-        os.replace(folder, aside / "old")
+        renamed(folder, aside / "old", "cache entry set aside")
         shutil.rmtree(aside, ignore_errors=True)
 
 

@@ -9,18 +9,25 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .layout import LOCK_NAME, OWNER_NAME, RunLayout, checkpoint_step, temporary
+from .crashpoints import renamed
+from .layout import LOCK_NAME, OWNER_NAME, RunLayout, checkpoint_step, is_temporary, temporary
+from .manifest import damaged
+
+
+def json_text(data: Any) -> str:
+    """How every JSON file of the kit is laid out."""
+    return json.dumps(data, indent=1, ensure_ascii=False) + "\n"
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    write_text_atomic(path, json_text(data))
 
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write under a temporary name, then rename: a reader never sees half a file."""
     tmp = temporary(path)
     tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    renamed(tmp, path)
 
 
 def empty_temporary(final: Path, tag: str = "") -> Path:
@@ -48,8 +55,8 @@ def replace_dir(tmp: Path, final: Path) -> None:
     if old.exists():
         shutil.rmtree(old)
     if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
+        renamed(final, old, f"{final.name} set aside")
+    renamed(tmp, final)
     if old.exists():
         shutil.rmtree(old)
 
@@ -67,7 +74,7 @@ def empty_run_dir(layout: RunLayout) -> None:
 
 def remove_temporaries(root: Path) -> None:
     """Everything written under a temporary name and not yet renamed into place."""
-    for tmp in root.glob(".*.tmp"):
+    for tmp in filter(is_temporary, root.iterdir()):
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
@@ -76,12 +83,13 @@ def remove_temporaries(root: Path) -> None:
 
 def is_whole(checkpoint: Path) -> bool:
     """The Trainer writes `trainer_state.json` last: a checkpoint without a readable one was
-    cut short (killed, disk full) while it was being saved."""
+    cut short (killed, disk full) while it was being saved. Its manifest, written after it,
+    finds a file damaged since."""
     try:
         state = json.loads((checkpoint / "trainer_state.json").read_text())
     except (OSError, ValueError):
         return False
-    return state.get("global_step") == checkpoint_step(checkpoint)
+    return state.get("global_step") == checkpoint_step(checkpoint) and not damaged(checkpoint)
 
 
 def remove_partial_checkpoints(layout: RunLayout) -> list[str]:

@@ -31,6 +31,11 @@ def temporary(path: Path, tag: str = "") -> Path:
     return path.with_name(f".{path.name}{f'.{tag}' if tag else ''}.tmp")
 
 
+def is_temporary(path: Path) -> bool:
+    """Named as `temporary` names: written by the kit and not yet renamed into place."""
+    return path.name.startswith(".") and path.name.endswith(".tmp")
+
+
 @dataclass(frozen=True)
 class Claim:
     """A directory one command writes and holds while it does (`rundir.lock`): the file that

@@ -23,7 +23,7 @@ from typing import Any
 from ..errors import UserError
 from ..runtime.distributed import main_decides
 from .files import write_json_atomic
-from .layout import LOCK_NAME, OWNER_NAME, Claim
+from .layout import LOCK_NAME, OWNER_NAME, Claim, is_temporary
 
 
 @contextmanager
@@ -64,10 +64,12 @@ def _acquire(claim: Claim) -> Any:
 
 
 def refuse_foreign(claim: Claim) -> None:
-    """A directory that holds files but not the claim's marker is never written into (nor locked)."""
+    """A directory that holds files but not the claim's marker is never written into (nor locked).
+    The lock's files and the kit's temporaries are not such files: a command killed before it
+    wrote its marker leaves them, and its rerun must go on."""
     root = claim.root
     if root.exists() and not (root / claim.marker).exists() and any(
-            path.name not in (LOCK_NAME, OWNER_NAME) for path in root.iterdir()):
+            path.name not in (LOCK_NAME, OWNER_NAME) and not is_temporary(path) for path in root.iterdir()):
         raise UserError(f"--output {root}: the directory is not empty and holds no {claim.marker}; "
                         "choose an empty or new directory")
 

@@ -7,6 +7,7 @@ same command again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import time
@@ -27,6 +28,7 @@ from .outcomes import Outcome
 T = TypeVar("T", bound=Outcome)
 
 EVAL_ONLY_SECTIONS = ("eval",)  # recipe sections that change nothing that was trained
+CHECKSUM = "checksum"  # of the rest of run.json, so a change since it was written is found
 PACKAGES = ("sftkey-lora", "torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets")
 
 
@@ -83,6 +85,12 @@ class RunRecord:
         self.steps[step] = {"status": "complete", "started": started, **outcome.model_dump(mode="json")}
         self.save()
 
+    def forget(self, steps: list[str]) -> None:
+        """Steps to be done again (their output was damaged): as if they had never run."""
+        for step in steps:
+            self.steps.pop(step, None)
+        self.save()
+
     def outcome(self, step: str, kind: type[T]) -> T | None:
         """What a complete step recorded, read as `kind`; None while it is not complete."""
         if self.status(step) != "complete":
@@ -95,7 +103,7 @@ class RunRecord:
 
     def save(self) -> None:
         if is_main():
-            write_json_atomic(self.layout.run_file, self.data)
+            write_json_atomic(self.layout.run_file, {**self.data, CHECKSUM: _checksum(self.data)})
 
 
 def _refuse_other_contents(layout: RunLayout, resolved: dict[str, Any], fresh: bool) -> None:
@@ -152,7 +160,15 @@ def _read(file: Path) -> dict[str, Any]:
         raise UserError(f"{file}: unreadable ({first_line(err)}); rerun with --fresh to start over") from None
     if not isinstance(data, dict) or not isinstance(data.get("steps"), dict):
         raise UserError(f"{file}: not a run record; rerun with --fresh to start over")
+    recorded = data.pop(CHECKSUM, None)  # none in a record written before checksums were
+    if recorded is not None and recorded != _checksum(data):
+        raise UserError(f"{file}: changed since it was written (its checksum does not match); restore "
+                        "it, or rerun with --fresh to start over")
     return data
+
+
+def _checksum(data: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 def _as_read_now(recorded: dict[str, Any]) -> dict[str, Any]:

@@ -8,13 +8,16 @@ recorded whatever the stage trains on.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import TrainerCallback
 
 from ..progress import progress
-from ..rundir.layout import KEY_LOSS, THINKING_LOSS
+from ..rundir.crashpoints import crash_point
+from ..rundir.layout import KEY_LOSS, THINKING_LOSS, RunLayout
+from ..rundir.manifest import write_manifest
 from .loss import segment_losses
 
 log = logging.getLogger(__name__)
@@ -80,3 +83,34 @@ class StageProgress(TrainerCallback):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+class AlreadyTrained(Exception):
+    """Raised by `FinishedCheckpoint`: the checkpoint resumed from holds every step."""
+
+
+class FinishedCheckpoint(TrainerCallback):
+    """A resume from the stage's last checkpoint (a kill fell between it and the stage's
+    output) must train nothing. The Trainer would train one step past `max_steps` there (its
+    epoch loop checks the limit only after a step), so training is stopped once the
+    checkpoint's weights, optimiser and history are loaded, before any step."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if 0 < state.max_steps <= state.global_step:
+            raise AlreadyTrained
+
+
+class CheckpointManifest(TrainerCallback):
+    """Once the Trainer has written a whole `checkpoint-N/`, its manifest (a resume checks the
+    checkpoint against it), then the crash point `after checkpoint`. A step that saves also
+    logs, so a checkpoint's history holds the loss of every step before it (`train_loss`
+    after a resume is made from it)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save:
+            control.should_log = True
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            write_manifest(RunLayout(Path(args.output_dir)).checkpoint(state.global_step))
+        crash_point("after checkpoint")

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from ..prep.masks import IGNORE
 from ..recipe import ModelConfig
 from ..rundir.files import empty_temporary, replace_dir
+from ..rundir.manifest import write_manifest
 from ..rundir.outcomes import MergeOutcome
 from ..runtime.hardware import ResolvedPrecision, peak_memory, reset_peak_memory
 from .loading import load_model, pretrained_model
@@ -56,6 +57,7 @@ def merge_stage1(step: MergeStep, tokenizer: Any, holdout: list[dict[str, torch.
         kl[name], starts[name] = kl_and_losses(reference, requantized, holdout)
         del requantized
     chosen = min(kl, key=kl.__getitem__) if step.choice == "auto" else step.choice
+    write_manifest(written[chosen])
     replace_dir(written.pop(chosen), step.output)
     for tmp in written.values():
         shutil.rmtree(tmp)

@@ -9,6 +9,7 @@ recipe once, here. Making a plan loads no model and no data.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from ..errors import UserError
 from ..recipe import EvalConfig, ModelConfig, Recipe, StageConfig, TrainingConfig
 from ..rundir.layout import EVAL_STEP, MERGE_STEP, RunLayout
+from ..rundir.manifest import damaged
 from ..rundir.outcomes import EvalOutcome
 from ..runtime.hardware import ResolvedPrecision, cuda_available, resolve_precision
 from ..strategies import STRATEGIES, LabelKind
@@ -124,6 +126,26 @@ class RunPlan:
                 "merge": next((step.as_json() for step in self.steps if isinstance(step, MergeStep)), None),
                 "tokenizer": {"model": self.tokenizer.model.name_or_path,
                               "add_tags": self.tokenizer.add_tags}}
+
+
+def damaged_output(plan: RunPlan, complete: Callable[[str], bool]) -> tuple[int, Path] | None:
+    """The first complete step whose output changed since it was written (a file cut short,
+    zeroed or garbled): its index in the plan and the file."""
+    for i, step in enumerate(plan.steps):
+        if not complete(step.name):
+            continue
+        broken = damaged(step.output) if step.output.is_dir() else ["."]
+        if broken:
+            return i, step.output / broken[0]
+    return None
+
+
+def refuse_damaged(plan: RunPlan, complete: Callable[[str], bool]) -> None:
+    """What reads a finished run (export, `eval RUN`) never reads a damaged output."""
+    found = damaged_output(plan, complete)
+    if found is not None:
+        raise UserError(f"{found[1]}: damaged since it was written; run the recipe again with --output "
+                        f"{plan.layout.root}, which redoes {plan.steps[found[0]].name} and what follows")
 
 
 def plan_tokenizer(recipe: Recipe) -> TokenizerPlan:

@@ -7,6 +7,8 @@ stage that finds some resumes from the last one.
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,18 +17,22 @@ from typing import Any, Literal
 
 from ..prep.collate import Collator, batches, pad_id
 from ..prep.masks import Encoded
+from ..rundir.diskfull import disk_full_stops
 from ..rundir.files import empty_temporary, last_whole_checkpoint, replace_dir
 from ..rundir.layout import KEY_LOSS, THINKING_LOSS, RunLayout, temporary
+from ..rundir.manifest import write_manifest
 from ..rundir.outcomes import Change, StageOutcome
 from ..runtime.distributed import is_main, wait_for_everyone
 from ..runtime.hardware import peak_memory, reset_peak_memory
 from ..strategies import LabelKind
-from .callbacks import SegmentLossProbe, StageProgress
-from .guards import LossGuard, disk_full_stops
+from .callbacks import AlreadyTrained, CheckpointManifest, FinishedCheckpoint, SegmentLossProbe, StageProgress
+from .guards import LossGuard
 from .loading import load_model
 from .lora import attach_lora, saves_without_embedding
 from .loss import LabelledLogitsLoss, causal_lm_loss, projects_directly
 from .plan import StageStep
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,27 +59,62 @@ def train_stage(step: StageStep, inputs: StageInputs, layout: RunLayout) -> Stag
     loss = _loss_kind(step, model, probe.batches[0])
     trainer = stage_trainer(model, step.training_args, inputs.train, tokenizer, step.labels,
                             loss=loss, packed=step.config.training.packing,
-                            callbacks=[probe, *_tensorboard(step), StageProgress(step.name)],
+                            callbacks=[FinishedCheckpoint(), probe, *_tensorboard(step),
+                                       StageProgress(step.name), CheckpointManifest()],
                             guard=LossGuard(step.name, layout))
     resume = last_whole_checkpoint(layout)
     before = TrainerState.load_from_json(f"{resume}/trainer_state.json") if resume else TrainerState()
-    with disk_full_stops(step.name, layout):
-        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-        _save(trainer, tokenizer, step.output, step.full)
+    if resume:
+        log.info(f"{step.name}: resuming from {resume.name}")
+    try:
+        with disk_full_stops(step.name, layout.root):
+            try:
+                result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+                train_seconds, process_mean = result.metrics["train_runtime"], result.training_loss
+            except AlreadyTrained:
+                log.info(f"{step.name}: {resume.name} is its last step; nothing left to train")
+                train_seconds, process_mean = 0.0, 0.0
+            _save(trainer, tokenizer, step.output, step.full)
+    finally:
+        forget_optimizer_overrides()
     tokens = trainer.state.num_input_tokens_seen - before.num_input_tokens_seen
-    train_seconds = result.metrics["train_runtime"]
     history = trainer.state.log_history
     probes = [entry for entry in history if KEY_LOSS in entry]
     return StageOutcome(
         labels=step.labels, logits=LOGITS[loss], steps=trainer.state.global_step,
         resumed_from=resume.name if resume else None,
         seconds=round(time.perf_counter() - started, 1), train_seconds=round(train_seconds, 1),
-        tokens=int(tokens), tokens_per_second=round(tokens / train_seconds, 1), **peak_memory(),
-        train_loss=round(result.training_loss, 5),
+        tokens=int(tokens), tokens_per_second=round(tokens / train_seconds, 1) if train_seconds else 0.0,
+        **peak_memory(),
+        train_loss=round(mean_train_loss(process_mean, history, before.global_step,
+                                         trainer.state.global_step), 5),
         heldout_key_loss=Change(before=probes[0][KEY_LOSS], after=probes[-1][KEY_LOSS]),
         heldout_thinking_loss=Change(before=probes[0][THINKING_LOSS], after=probes[-1][THINKING_LOSS]),
         log_history=history,
     )
+
+
+def mean_train_loss(process_mean: float, history: list[dict[str, Any]], resumed_at: int,
+                    steps: int) -> float:
+    """The training loss averaged over all of the stage's steps. The Trainer's own figure sums
+    only the steps this process trained (after a resume, those since the checkpoint) and divides
+    by all of them; the steps before come from the checkpoint's logs, which end at it."""
+    before, logged = 0.0, 0
+    for entry in history:
+        if "loss" in entry and entry["step"] <= resumed_at:
+            before += entry["loss"] * (entry["step"] - logged)
+            logged = entry["step"]
+    return process_mean + before / steps
+
+
+def forget_optimizer_overrides() -> None:
+    """With an 8-bit bitsandbytes optimizer the Trainer registers every embedding module of the
+    model in bitsandbytes' process-wide manager (to keep their optimiser state in 32 bits), which
+    then keeps the finished stage's embedding alive: after k-bit preparation an fp32 copy, 2 GiB
+    at 7B with a 152k vocabulary, still allocated when the merge and stage 2 begin."""
+    optimizer = sys.modules.get("bitsandbytes.optim.optimizer")
+    if optimizer is not None:
+        optimizer.GlobalOptimManager.get_instance().initialize()
 
 
 LossKind = Literal["labelled", "full", "model"]
@@ -156,6 +197,7 @@ def _save(trainer: Any, tokenizer: Any, final: Path, full: bool) -> None:
         trainer.model.save_pretrained(tmp)  # the adapter alone (`saves_without_embedding`)
     if is_main():
         tokenizer.save_pretrained(tmp)
+        write_manifest(tmp)
         replace_dir(tmp, final)
     wait_for_everyone()
 

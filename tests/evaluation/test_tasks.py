@@ -31,8 +31,10 @@ LOCAL_FILES = {
 @pytest.mark.slow
 def test_every_task_and_the_group_is_found_by_lm_eval() -> None:
     assert set(LOCAL_FILES) == set(TASKS)
-    manager = task_manager({})
-    assert set(TASKS) | {"sftkey"} <= set(manager.all_tasks)
+    manager = task_manager({}, [*TASKS, "sftkey"])
+    assert set(TASKS) | {"sftkey"} == set(manager.all_tasks)  # ours alone: lm-eval's own not indexed
+    stock = task_manager({}, ["sftkey_gsm8k", "gsm8k"])  # a stock task beside ours: every task
+    assert {"gsm8k", "sftkey_gsm8k"} <= set(stock.all_tasks) and len(stock.all_tasks) > 1000
     yaml_tasks = {path.stem for path in tasks_dir().glob("sftkey_*.yaml")}
     assert yaml_tasks == set(TASKS)  # no YAML that lm-eval would skip without a word
 
@@ -65,7 +67,7 @@ def test_every_task_runs_on_a_three_row_file(task: str, tiny_lm) -> None:
     from lm_eval import simple_evaluate
 
     path = LOCAL_FILES[task]
-    manager = task_manager({"data_path": str(path)} if path else {})
+    manager = task_manager({"data_path": str(path)} if path else {}, [task])
     out = simple_evaluate(model=tiny_lm, tasks=[task], task_manager=manager, limit=3,
                           gen_kwargs={"max_gen_toks": 16}, log_samples=True)
     metrics = out["results"][task]

@@ -138,3 +138,16 @@ def test_without_the_cache_or_a_writable_folder_rows_are_still_encoded(tiny_toke
     monkeypatch.setenv("SFTKEY_LORA_CACHE", str(blocked))  # a folder cannot be made there
     rows, _ = encoded(tiny_tokenizer)
     assert same_rows(plain, rows)
+
+
+def test_an_entry_garbled_inside_an_array_is_found_by_its_manifest(tiny_tokenizer, cache_dir) -> None:
+    """Bytes flipped in the data of an array leave a valid array of the right length: only
+    the manifest tells it from the rows that were written."""
+    first, _ = encoded(tiny_tokenizer)
+    (entry,) = cache_dir.iterdir()
+    data = bytearray((entry / "input_ids.npy").read_bytes())
+    data[-8:] = bytes(byte ^ 0xFF for byte in data[-8:])
+    (entry / "input_ids.npy").write_bytes(bytes(data))
+    assert len(np.load(entry / "input_ids.npy")) == sum(len(row.input_ids) for row in first)
+    again, _ = encoded(tiny_tokenizer)
+    assert same_rows(first, again) and not isinstance(again[0].input_ids, np.memmap)

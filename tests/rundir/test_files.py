@@ -13,6 +13,7 @@ from sftkey_lora.rundir.files import (
     write_text_atomic,
 )
 from sftkey_lora.rundir.layout import RunLayout
+from sftkey_lora.rundir.manifest import write_manifest
 
 
 def test_only_trainer_checkpoints_are_removed(tmp_path) -> None:
@@ -43,6 +44,18 @@ def test_checkpoints_cut_short_while_saving_are_removed(tmp_path) -> None:
     assert remove_partial_checkpoints(layout) == ["checkpoint-12", "checkpoint-16"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-4", "checkpoint-8"]
     assert remove_partial_checkpoints(layout) == []
+
+
+def test_a_checkpoint_damaged_since_it_was_saved_is_removed(tmp_path) -> None:
+    for step in (2, 4):
+        checkpoint(tmp_path, step, f'{{"global_step": {step}}}')
+        (tmp_path / f"checkpoint-{step}" / "optimizer.pt").write_bytes(b"moments" * 100)
+        write_manifest(tmp_path / f"checkpoint-{step}")
+    with (tmp_path / "checkpoint-4" / "optimizer.pt").open("r+b") as handle:
+        handle.truncate(350)
+    layout = RunLayout(tmp_path)
+    assert last_whole_checkpoint(layout).name == "checkpoint-2"
+    assert remove_partial_checkpoints(layout) == ["checkpoint-4"]
 
 
 def test_a_replaced_directory_is_never_missing(tmp_path) -> None:

@@ -84,6 +84,21 @@ def test_a_lock_left_by_a_killed_process_never_blocks(tmp_path) -> None:
         assert f"in use by process {os.getpid()}" in said
 
 
+def test_a_directory_left_by_a_command_killed_before_its_marker_is_taken(tmp_path) -> None:
+    """A kill while the lock's note or the first `run.json` was being written leaves the lock
+    and a temporary (`python -m tests.crash_harness`, `before run.json#1`): not a foreign folder."""
+    layout = RunLayout(tmp_path / "run")
+    layout.root.mkdir()
+    layout.lock_file.touch()
+    (layout.root / ".run.json.tmp").write_text("{")
+    with holding(layout.claim):
+        assert layout.owner_file.is_file()
+    (layout.root / "notes.txt").write_text("mine")
+    with pytest.raises(SharedUserError, match="is not empty and holds no run.json"):
+        with holding(layout.claim):
+            pass
+
+
 def test_fresh_keeps_the_lock_and_a_foreign_directory_gets_none(cli, tmp_path) -> None:
     from sftkey_lora.recipe import load_recipe
     from sftkey_lora.rundir.record import RunRecord

@@ -65,7 +65,7 @@ def test_a_run_recorded_before_a_recipe_key_existed_resumes(tmp_path) -> None:
     record = RunRecord.open(RunLayout(tmp_path), Recipe(), fresh=False)
     record.complete("stage1", stage_outcome())
     data = json.loads(RunLayout(tmp_path).run_file.read_text())
-    del data["recipe"]["merge"]["requantize"]
+    del data["recipe"]["merge"]["requantize"], data["checksum"]  # as an earlier version wrote it
     RunLayout(tmp_path).run_file.write_text(json.dumps(data))
     assert RunRecord.open(RunLayout(tmp_path), Recipe(), fresh=False).status("stage1") == "complete"
     with pytest.raises(UserError, match=r"differs in merge\.requantize"):
@@ -93,3 +93,13 @@ def test_a_non_run_directory_is_never_written_into(tmp_path) -> None:
     with pytest.raises(UserError, match="not empty and holds no run.json"):
         RunRecord.open(RunLayout(tmp_path), Recipe(), fresh=True)
     assert [path.name for path in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_a_record_changed_since_it_was_written_is_a_user_error(tmp_path) -> None:
+    """A value changed inside a well-formed run.json: its checksum no longer matches."""
+    record = RunRecord.open(RunLayout(tmp_path), Recipe(), fresh=False)
+    record.complete("stage1", stage_outcome())
+    file = RunLayout(tmp_path).run_file
+    file.write_text(file.read_text().replace('"steps": 6', '"steps": 7'))
+    with pytest.raises(UserError, match="run.json: changed since it was written"):
+        RunRecord.open(RunLayout(tmp_path), Recipe(), fresh=False)

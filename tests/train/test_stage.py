@@ -72,6 +72,29 @@ def test_a_stage_resumes_from_its_last_whole_checkpoint(tmp_path) -> None:
     logged = [entry for entry in first.log_history if "loss" in entry]  # steps 2 and 4, probes included
     assert [entry["step"] for entry in logged] == [2, 4]
     assert again.log_history[: len(logged) + 1] == first.log_history[: len(logged) + 1]  # kept as it was
+    # Its training loss is the mean over all six steps, not only the two trained after the resume.
+    losses = [entry["loss"] for entry in again.log_history if "loss" in entry]  # steps 2, 4 and 6
+    assert len(losses) == 3 and again.train_loss == pytest.approx(sum(losses) / 3, abs=1e-5)
+
+
+def test_a_stage_resumed_from_its_final_checkpoint_trains_nothing_more(tmp_path) -> None:
+    """A kill between a stage's last checkpoint and its output: the rerun resumes from that
+    checkpoint and must end as the stage did. Mid-epoch (24 rows, 3 steps an epoch), the
+    Trainer alone would train a fifth step."""
+    from safetensors.torch import load_file
+
+    plan, inputs = prepared(tmp_path, "data.synthetic.n_train=32", "stages.stage1.training.max_steps=4")
+    first = train_stage(plan.stages[0], inputs, plan.layout)
+    weights = load_file(plan.stages[0].output / "adapter_model.safetensors")
+    again = train_stage(plan.stages[0], inputs, plan.layout)
+    assert again.resumed_from == "checkpoint-4" and again.steps == 4 and again.tokens == 0
+    logged = [[entry for entry in outcome.log_history if "train_loss" not in entry]  # not the summary
+              for outcome in (first, again)]
+    assert [entry["step"] for entry in logged[1] if "loss" in entry] == [2, 4]
+    assert logged[0] == logged[1] and again.train_loss == first.train_loss
+    assert again.heldout_key_loss == first.heldout_key_loss
+    resaved = load_file(plan.stages[0].output / "adapter_model.safetensors")
+    assert resaved.keys() == weights.keys() and all(resaved[name].equal(weights[name]) for name in weights)
 
 
 @pytest.mark.slow  # bf16 arithmetic on a CPU: two stages of about 5 s each
@@ -118,3 +141,30 @@ def test_a_reporter_that_cannot_report_stops_the_run_before_it_loads(cli, tmp_pa
                        f"--set=training.report_to=[{name}]")
     assert code == 2 and says in err and "Traceback" not in err
     assert not (tmp_path / "run" / "stage1").exists()
+
+
+def test_a_finished_stage_leaves_no_part_of_its_model_alive(tmp_path) -> None:
+    """With an 8-bit bitsandbytes optimizer the Trainer registers the embedding in bitsandbytes'
+    process-wide manager; once the stage returns, that embedding must be collectable."""
+    import gc
+    import weakref
+
+    import torch
+
+    import sftkey_lora.train.stage as stage_module
+
+    plan, inputs = prepared(tmp_path, "training.optimizer=adamw_bnb_8bit")
+    made = []
+    real = stage_module._stage_model
+
+    def kept_an_eye_on(*args, **kwargs):
+        model = real(*args, **kwargs)
+        made.extend(weakref.ref(module) for module in model.modules()
+                    if isinstance(module, torch.nn.Embedding))
+        return model
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(stage_module, "_stage_model", kept_an_eye_on)
+        train_stage(plan.stages[0], inputs, plan.layout)
+    gc.collect()
+    assert made and all(ref() is None for ref in made)
