@@ -282,7 +282,7 @@ def table(trials: list[Trial]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--instants", type=int, default=20, help="kills spread over `run` (default 20)")
     parser.add_argument("--compare-instants", type=int, default=8,
                         help="kills spread over `compare` (default 8)")

@@ -200,7 +200,7 @@ def table(rows: list[Row]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=None,
                         help="where the runs go (default: a temporary folder)")
     parser.add_argument("--kinds", default=None, help="comma-separated kinds (default: all)")
