@@ -3,18 +3,21 @@ works the first time a GPU appears; what needs CUDA is recorded as skipped, with
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import json
 import re
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
 from tests.support import ROOT
 
-pytestmark = [pytest.mark.slow, pytest.mark.takes(240)]
 
-
+@pytest.mark.slow
+@pytest.mark.takes(240)
 def test_the_smoke_run_records_every_part(tmp_path) -> None:
     command = [sys.executable, str(ROOT / "scripts" / "gpu-check"), "--out", str(tmp_path), "--smoke"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=1200, cwd=ROOT)
@@ -49,3 +52,40 @@ def test_the_smoke_run_records_every_part(tmp_path) -> None:
     assert all(recipe[step]["peak_memory_mb"] > 0 for step in recipe)
     markdown = (tmp_path / "gpu-check.md").read_text()
     assert "| stage2 | floor |" in markdown and "| recipe-7b | ok |" in markdown
+
+
+def gpu_check_module(monkeypatch):
+    """scripts/gpu-check, a script without a .py name, imported as a module (its dataclass
+    looks itself up in sys.modules)."""
+    loader = importlib.machinery.SourceFileLoader("gpu_check", str(ROOT / "scripts" / "gpu-check"))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader("gpu_check", loader))
+    monkeypatch.setitem(sys.modules, "gpu_check", module)
+    loader.exec_module(module)
+    return module
+
+
+def test_a_part_may_use_the_time_the_parts_before_it_left(tmp_path, monkeypatch) -> None:
+    gpu_check = gpu_check_module(monkeypatch)
+    now = [0.0]
+    monkeypatch.setattr(gpu_check, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    given: dict[str, float] = {}
+
+    def part(name: str, takes: float):
+        def run(work, smoke, limit):
+            given[name] = limit
+            now[0] += min(takes, limit)
+            if takes > limit:
+                raise subprocess.TimeoutExpired(name, limit)
+            return {"took": takes}
+        return run
+
+    monkeypatch.setattr(gpu_check, "PARTS", {"a": part("a", 60), "b": part("b", 200), "c": part("c", 10)})
+    monkeypatch.setattr(gpu_check, "LIMITS", {"a": 100, "b": 50, "c": 30})
+    outcomes = gpu_check.run_parts(["a", "b", "c"], tmp_path, smoke=False)
+    # a leaves 40 s of its 100 to b; b runs out of its 90 and leaves nothing; c has its own 30.
+    assert given == {"a": 100, "b": 90, "c": 30}
+    assert [(o.status, o.seconds, o.limit_s) for o in outcomes] == [
+        ("ok", 60, 100), ("skipped: over its 90 s", 90, 90), ("ok", 10, 30)]
+    given.clear()
+    gpu_check.run_parts(["a", "c"], tmp_path, smoke=True)  # on a CPU each part has the same, ample limit
+    assert given == {"a": gpu_check.LIMIT_SMOKE, "c": gpu_check.LIMIT_SMOKE}
